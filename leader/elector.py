@@ -1,0 +1,374 @@
+"""The anyio elector: contend -> lead -> renew -> step down -> contend again.
+
+Guarantees:
+- `StoppedLeading` is emitted exactly once per term, and before the lease is
+  given back, so an owner stops acting before anyone else can start.
+- Events are delivered synchronously, in order, on the event loop: a listener
+  that pauses its work inside the callback has paused it "at once".
+- `is_leader()` answers from the monotonic clock alone. It turns False at the
+  renew deadline even if the elector's task has not run since (a blocked loop,
+  SIGSTOP): callers check it right before they act.
+- Store errors never escape `run()`; it backs off (capped, jittered) and keeps
+  contending. After any step-down it goes back to standing by.
+
+Loop stalls: renewals run on this event loop, over the store's own connection.
+A coroutine that blocks the loop past the renew deadline starves them; the
+lease then expires in Redis and a standby takes over. This replica notices on
+waking (its monotonic deadline has passed), refuses to act (`is_leader()` is
+False before any other task runs) and steps down with reason `stalled`. The
+fencing token refuses whatever the blocked code writes afterwards. Plain
+functions run in worker threads, so only a misbehaving coroutine can stall.
+
+Does not guarantee: that code already running when leadership ends stops
+writing; that is what fencing tokens are for.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+from redis.backoff import EqualJitterBackoff
+
+from .store import AcquireResult, Identity, LeaseHolder, LeaseStore, StoreUnavailable
+from .timing import Clock, LeaseTerm, LeaseTimings, SystemClock, leader_renew_delay_s, standby_retry_delay_s
+
+__all__ = [
+    "ElectionEvent",
+    "Elector",
+    "ElectorStatus",
+    "HandoffRequested",
+    "LeaderObserved",
+    "RenewFailed",
+    "RenewedLate",
+    "StartedLeading",
+    "StepDownReason",
+    "StoppedLeading",
+]
+
+log = logging.getLogger("lightsched.leader")
+
+
+class StepDownReason(enum.StrEnum):
+    RELEASED = "released"  # we gave the lease back (handoff, shutdown)
+    LOST = "lost"  # a renew found the key no longer ours (expired, taken, Redis emptied)
+    DEADLINE = "renew_deadline_passed"  # renewals failed until the deadline (Redis unreachable)
+    STALLED = "stalled"  # the loop or process was paused past the deadline
+    CANCELLED = "cancelled"  # the elector was cancelled while leading, lease not released
+
+
+@dataclass(frozen=True, slots=True)
+class StartedLeading:
+    term: LeaseTerm
+
+
+@dataclass(frozen=True, slots=True)
+class StoppedLeading:
+    term: LeaseTerm
+    reason: StepDownReason
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderObserved:
+    """The leader key changed hands as seen from here; `holder` None means vacant."""
+
+    holder: LeaseHolder | None
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffRequested:
+    """An operator asked this leader to step down; the owner drains, then calls `release()`."""
+
+    term: LeaseTerm
+
+
+@dataclass(frozen=True, slots=True)
+class RenewedLate:
+    term: LeaseTerm
+    late_s: float  # how far past its due time the renew completed
+    latency_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RenewFailed:
+    term: LeaseTerm | None
+    error: str
+    latency_s: float
+
+
+ElectionEvent = StartedLeading | StoppedLeading | LeaderObserved | HandoffRequested | RenewedLate | RenewFailed
+
+
+@dataclass(slots=True)
+class ElectorStatus:
+    replica_id: str
+    is_leader: bool
+    fencing_token: int | None
+    lease_left_s: float | None
+    leader: LeaseHolder | None
+    running: bool
+    last_loop_mono: float | None
+    transitions: int = 0
+
+
+@dataclass(slots=True)
+class _Counters:
+    transitions: int = 0
+    renew_failures: int = 0
+    standby_failures: int = 0
+    last_foreign_raw: str | None = field(default=None)
+
+
+class Elector:
+    """Contends for one lease in `store`; tells its listeners of each transition."""
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        identity: Identity,
+        timings: LeaseTimings,
+        *,
+        clock: Clock | None = None,
+        rng: Callable[[], float] = random.random,
+        cooloff_s: float | None = None,
+    ) -> None:
+        self._store = store
+        self.identity = identity
+        self.timings = timings
+        self._clock = clock or SystemClock()
+        self._rng = rng
+        self._cooloff_s = timings.retry_period_s if cooloff_s is None else cooloff_s
+        self._listeners: list[Callable[[ElectionEvent], None]] = []
+        self._term: LeaseTerm | None = None
+        self._leader: LeaseHolder | None = None
+        self._wake = anyio.Event()
+        self._cooloff_until = 0.0
+        self._release_requested = False
+        self._counters = _Counters()
+        self._running = False
+        self._last_loop_mono: float | None = None
+        self._backoff = EqualJitterBackoff(cap=timings.retry_period_s, base=0.05)
+
+    def __repr__(self) -> str:
+        return f"Elector(replica_id={self.identity.replica_id!r}, leading={self.is_leader()})"
+
+    # -- owner API ---------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[ElectionEvent], None]) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def term(self) -> LeaseTerm | None:
+        return self._term
+
+    def is_leader(self) -> bool:
+        term = self._term
+        return term is not None and term.is_valid(self._clock.monotonic())
+
+    def current_term(self) -> LeaseTerm | None:
+        """The term if it is still valid right now, else None."""
+        term = self._term
+        return term if term is not None and term.is_valid(self._clock.monotonic()) else None
+
+    def status(self) -> ElectorStatus:
+        term = self.current_term()
+        now = self._clock.monotonic()
+        return ElectorStatus(
+            replica_id=self.identity.replica_id,
+            is_leader=term is not None,
+            fencing_token=term.token if term else None,
+            lease_left_s=term.time_left_s(now) if term else None,
+            leader=self._leader,
+            running=self._running,
+            last_loop_mono=self._last_loop_mono,
+            transitions=self._counters.transitions,
+        )
+
+    async def release(self) -> bool:
+        """Step down voluntarily and hand the lease to a standby at once.
+
+        Listeners hear `StoppedLeading(RELEASED)` before the lease is deleted.
+        This replica then stays out of the contest for one retry period so a
+        standby wins. Returns whether the lease was still ours to delete.
+        """
+        term = self._term
+        if term is None:
+            return False
+        self._end_term(term, StepDownReason.RELEASED)
+        self._cooloff_until = self._clock.monotonic() + self._cooloff_s
+        released = False
+        try:
+            with anyio.fail_after(self.timings.retry_period_s):
+                released = await self._store.release(term.value)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.warning(
+                "could not release the lease; it expires on its own",
+                extra={"event": "lease_release_failed", "error": str(exc), "fencing_token": term.token},
+            )
+        self._wake.set()
+        return released
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Contend and lead until cancelled. Cancelling does not release the lease."""
+        self._running = True
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._listen, name=f"lease-listener:{self.identity.replica_id}")
+                task_status.started()
+                while True:
+                    self._last_loop_mono = self._clock.monotonic()
+                    if self._term is None:
+                        await self._standby_step()
+                    else:
+                        await self._leader_step(self._term)
+        finally:
+            self._running = False
+            if self._term is not None:
+                self._end_term(self._term, StepDownReason.CANCELLED)
+
+    # -- internals ---------------------------------------------------------
+
+    def _emit(self, event: ElectionEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a listener's bug must not take the elector down
+                log.exception("election listener failed", extra={"event": "listener_failed"})
+
+    def _end_term(self, term: LeaseTerm, reason: StepDownReason) -> None:
+        if self._term is not term:
+            return  # already ended: exactly one StoppedLeading per term
+        self._term = None
+        self._release_requested = False
+        self._counters.transitions += 1
+        log.info(
+            "stopped leading",
+            extra={"event": "stopped_leading", "reason": reason.value, "fencing_token": term.token},
+        )
+        self._emit(StoppedLeading(term, reason))
+
+    def _observe(self, holder: LeaseHolder | None) -> None:
+        old = self._leader
+        if (old.raw if old else None) == (holder.raw if holder else None):
+            return
+        self._leader = holder
+        if holder is not None and holder.foreign and holder.raw != self._counters.last_foreign_raw:
+            self._counters.last_foreign_raw = holder.raw
+            log.warning(
+                "leader key holds a value that is not a lightsched lease; treating it as held",
+                extra={"event": "foreign_holder", "value_len": len(holder.raw)},
+            )
+        self._emit(LeaderObserved(holder))
+
+    def _on_released(self) -> None:
+        self._wake.set()
+
+    def _on_handoff(self, token: int) -> None:
+        term = self.current_term()
+        if term is not None and term.token == token:
+            log.info("handoff requested", extra={"event": "handoff_requested", "fencing_token": token})
+            self._emit(HandoffRequested(term))
+
+    def _on_listen_error(self, exc: BaseException) -> None:
+        log.debug("lease listener reconnecting", extra={"event": "listener_error", "error": str(exc)})
+
+    async def _listen(self) -> None:
+        await self._store.listen(self._on_released, self._on_handoff, self._on_listen_error)
+
+    async def _sleep_or_wake(self, delay_s: float) -> None:
+        """Sleep `delay_s`, or less if woken. The caller made `self._wake` fresh beforehand."""
+        if delay_s > 0:
+            with anyio.move_on_after(delay_s):
+                await self._wake.wait()
+
+    async def _standby_step(self) -> None:
+        self._wake = anyio.Event()
+        now = self._clock.monotonic()
+        if now < self._cooloff_until:
+            await anyio.sleep(self._cooloff_until - now)
+            return
+        sent = self._clock.monotonic()
+        try:
+            with anyio.fail_after(self.timings.retry_period_s):
+                res: AcquireResult = await self._store.try_acquire(
+                    self.identity, self.timings.ttl_ms, self._clock.wall().isoformat(timespec="milliseconds")
+                )
+        except (StoreUnavailable, TimeoutError) as exc:
+            self._counters.standby_failures += 1
+            failures = self._counters.standby_failures
+            log.log(
+                logging.WARNING if failures == 1 else logging.DEBUG,
+                "cannot reach the lease store; retrying",
+                extra={"event": "store_unavailable", "error": str(exc) or type(exc).__name__, "failures": failures},
+            )
+            self._emit(RenewFailed(None, str(exc) or type(exc).__name__, self._clock.monotonic() - sent))
+            await self._sleep_or_wake(self._backoff.compute(failures))
+            return
+        self._counters.standby_failures = 0
+        if res.acquired:
+            assert res.value is not None and res.token is not None
+            term = LeaseTerm(res.token, res.value, self.timings, sent)
+            self._term = term
+            self._counters.transitions += 1
+            self._observe(LeaseHolder.parse(res.value))
+            log.info("started leading", extra={"event": "started_leading", "fencing_token": term.token})
+            self._emit(StartedLeading(term))
+            return
+        self._observe(res.holder)
+        pttl = res.holder_pttl_ms if res.holder is not None and not res.holder.foreign else None
+        await self._sleep_or_wake(standby_retry_delay_s(self.timings, pttl, self._rng()))
+
+    async def _leader_step(self, term: LeaseTerm) -> None:
+        self._wake = anyio.Event()
+        now = self._clock.monotonic()
+        failures = self._counters.renew_failures
+        if not term.is_valid(now):
+            reason = StepDownReason.DEADLINE if failures else StepDownReason.STALLED
+            self._counters.renew_failures = 0
+            self._end_term(term, reason)
+            # Best effort: if the key is somehow still ours, free it now rather than after the TTL.
+            with anyio.move_on_after(self.timings.retry_period_s):
+                try:
+                    await self._store.release(term.value)
+                except StoreUnavailable:
+                    pass
+            return
+        delay = leader_renew_delay_s(term, now, failures, self._backoff.compute(failures) if failures else 0.0)
+        if delay > 0:
+            await self._sleep_or_wake(delay)
+            return
+        due = term.last_renew_sent_mono + self.timings.retry_period_s
+        sent = self._clock.monotonic()
+        try:
+            with anyio.fail_after(max(0.001, term.time_left_s(sent))):
+                ok = await self._store.renew(term.value, self.timings.ttl_ms)
+        except (StoreUnavailable, TimeoutError) as exc:
+            self._counters.renew_failures += 1
+            error = str(exc) or type(exc).__name__
+            log.warning(
+                "lease renew failed",
+                extra={"event": "renew_failed", "error": error, "fencing_token": term.token, "failures": failures + 1},
+            )
+            self._emit(RenewFailed(term, error, self._clock.monotonic() - sent))
+            return
+        done = self._clock.monotonic()
+        self._counters.renew_failures = 0
+        if self._term is not term:
+            return  # released while the renew was in flight
+        if not ok:
+            self._end_term(term, StepDownReason.LOST)
+            return
+        if not term.is_valid(done):
+            return  # the renew landed after our deadline; the next step steps down
+        term.renewed(sent)
+        late_s = max(0.0, done - due)
+        if late_s > self.timings.retry_period_s / 2:
+            log.warning(
+                "lease renewed late",
+                extra={"event": "renewed_late", "late_s": round(late_s, 3), "fencing_token": term.token},
+            )
+            self._emit(RenewedLate(term, late_s, done - sent))

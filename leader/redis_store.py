@@ -1,0 +1,251 @@
+"""The Redis adapter of the lease store.
+
+Guarantees:
+- acquire, renew and release are each one EVALSHA of a script below; ownership
+  is checked inside Redis, never by a read followed by a write in Python.
+  Scripts are registered once (redis-py `Script`) and reloaded on NOSCRIPT,
+  so they survive a Redis restart.
+- Fencing tokens strictly increase across acquisitions, also after a restart
+  that lost every key: a new token is at least Redis' TIME in milliseconds.
+  This assumes the Redis host clock does not step back by more than the
+  restart took, and fewer than 1,000 acquisitions a second.
+- With `wait_replicas > 0`, an acquire or renew that fewer replicas acknowledge
+  within `wait_timeout_ms` counts as failed: the lease is treated as not held.
+- Transient Redis trouble (connection loss, timeouts, LOADING, READONLY,
+  TRYAGAIN, cluster redirections, failovers) raises `StoreUnavailable`; the
+  caller retries.
+
+Does not guarantee: the lease's survival of a Redis failover when
+`wait_replicas` is 0 (an unreplicated write can be lost with the master).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+
+from .keys import LeaseKeys
+from .store import AcquireResult, Identity, LeaseHolder, StoreUnavailable
+
+__all__ = ["ACQUIRE_LUA", "RELEASE_LUA", "RENEW_LUA", "RedisLeaseStore", "TRANSIENT_ERRORS"]
+
+log = logging.getLogger("lightsched.leader")
+
+#: Errors after which a retry may succeed. AuthenticationError and
+#: NoPermissionError are not in it: they need an operator.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.BusyLoadingError,
+    rexc.ReadOnlyError,
+    rexc.TryAgainError,
+    rexc.ClusterDownError,
+    rexc.MasterDownError,
+    rexc.ClusterError,
+    rexc.AskError,
+    rexc.MovedError,
+    OSError,
+    TimeoutError,
+)
+
+# KEYS[1] leader key, KEYS[2] token key
+# ARGV[1] ttl_ms, ARGV[2] replica_id, ARGV[3] host, ARGV[4] pid, ARGV[5] acquired_at (ISO 8601 UTC)
+# Returns {1, value, token} when acquired (value: the stored JSON, token as a
+# string), or {0, holder_value, holder_pttl_ms} when the key is held.
+ACQUIRE_LUA = """
+local held = redis.call('GET', KEYS[1])
+if held then
+  return {0, held, redis.call('PTTL', KEYS[1])}
+end
+local last = tonumber(redis.call('GET', KEYS[2])) or 0
+local now = redis.call('TIME')
+local floor_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local token = string.format('%.0f', math.max(last + 1, floor_ms))
+redis.call('SET', KEYS[2], token)
+local value = '{"replica_id":' .. cjson.encode(ARGV[2]) ..
+  ',"host":' .. cjson.encode(ARGV[3]) ..
+  ',"pid":' .. string.format('%d', tonumber(ARGV[4])) ..
+  ',"fencing_token":' .. token ..
+  ',"acquired_at":' .. cjson.encode(ARGV[5]) .. '}'
+redis.call('SET', KEYS[1], value, 'PX', ARGV[1])
+return {1, value, token}
+"""
+
+# KEYS[1] leader key
+# ARGV[1] the exact value the caller stored, ARGV[2] ttl_ms
+# Returns 1 when renewed, 0 when the key no longer holds ARGV[1].
+RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS[1] leader key
+# ARGV[1] the exact value the caller stored, ARGV[2] the released channel
+# Returns 1 when deleted (and announced), 0 when the key no longer holds ARGV[1].
+RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+#: How often the listener pings its pub/sub connection to notice a dead one.
+LISTEN_PING_INTERVAL_S = 30.0
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisLeaseStore:
+    """`LeaseStore` on one Redis deployment (standalone, Sentinel or Cluster client).
+
+    Give it a client of its own (its own connection pool): renewals must not
+    queue behind the jobs' traffic.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        keys: LeaseKeys,
+        *,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
+        pubsub_client: Redis | None = None,
+    ) -> None:
+        self._client = client
+        self._pubsub_client = pubsub_client or client
+        self.keys = keys
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
+        self._acquire = client.register_script(ACQUIRE_LUA)
+        self._renew = client.register_script(RENEW_LUA)
+        self._release = client.register_script(RELEASE_LUA)
+
+    def __repr__(self) -> str:
+        return f"RedisLeaseStore(prefix={self.keys.prefix!r}, wait_replicas={self._wait_replicas})"
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await script(keys=keys, args=args)
+        except TRANSIENT_ERRORS as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    async def _replicated(self) -> bool:
+        """WAIT for the configured replicas; True when enough acknowledged."""
+        if self._wait_replicas <= 0:
+            return True
+        try:
+            acked = await self._client.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+        except TRANSIENT_ERRORS as exc:
+            raise StoreUnavailable(f"redis WAIT: {type(exc).__name__}: {exc}") from exc
+        if int(acked) < self._wait_replicas:
+            log.warning(
+                "lease write acknowledged by too few replicas",
+                extra={"event": "lease_wait_short", "acked": int(acked), "wanted": self._wait_replicas},
+            )
+            return False
+        return True
+
+    async def try_acquire(self, identity: Identity, ttl_ms: int, acquired_at: str) -> AcquireResult:
+        res = await self._call(
+            self._acquire,
+            [self.keys.leader, self.keys.token],
+            [ttl_ms, identity.replica_id, identity.host, identity.pid, acquired_at],
+        )
+        if int(res[0]) != 1:
+            return AcquireResult(False, holder=LeaseHolder.parse(res[1]), holder_pttl_ms=int(res[2]))
+        value, token = _text(res[1]), int(_text(res[2]))
+        if not await self._replicated():
+            # Not safely held: give it back so nobody waits out a TTL for it.
+            await self.release(value)
+            return AcquireResult(False)
+        return AcquireResult(True, value=value, token=token)
+
+    async def renew(self, value: str, ttl_ms: int) -> bool:
+        ok = int(await self._call(self._renew, [self.keys.leader], [value, ttl_ms])) == 1
+        return ok and await self._replicated()
+
+    async def release(self, value: str) -> bool:
+        res = await self._call(self._release, [self.keys.leader], [value, self.keys.released_channel])
+        return int(res) == 1
+
+    async def read(self) -> tuple[LeaseHolder | None, int | None]:
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(self.keys.leader)
+                pipe.pttl(self.keys.leader)
+                raw, pttl = await pipe.execute()
+        except TRANSIENT_ERRORS as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        if raw is None:
+            return None, None
+        return LeaseHolder.parse(raw), int(pttl)
+
+    async def current_token(self) -> int | None:
+        try:
+            raw = await self._client.get(self.keys.token)
+        except TRANSIENT_ERRORS as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        return None if raw is None else int(raw)
+
+    async def request_handoff(self, token: int) -> int:
+        try:
+            return int(await self._client.publish(self.keys.handoff_channel, str(token)))
+        except TRANSIENT_ERRORS as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    async def listen(
+        self,
+        on_released: Callable[[], None],
+        on_handoff: Callable[[int], None],
+        on_error: Callable[[BaseException], None] | None = None,
+        retry_delay_s: Callable[[int], float] = lambda failures: min(5.0, 0.1 * 2**failures),
+    ) -> None:
+        """Subscribe to the release and handoff channels until cancelled.
+
+        Reconnects after errors; a message lost while disconnected costs only
+        speed (standbys still retry on their timer), never safety.
+        """
+        failures = 0
+        while True:
+            pubsub = self._pubsub_client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.keys.released_channel, self.keys.handoff_channel)
+                failures = 0
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LISTEN_PING_INTERVAL_S)
+                    if msg is None:
+                        with anyio.fail_after(5):
+                            await pubsub.ping()
+                        continue
+                    channel = _text(msg["channel"])
+                    if channel == self.keys.released_channel:
+                        on_released()
+                    elif channel == self.keys.handoff_channel:
+                        try:
+                            on_handoff(int(_text(msg["data"])))
+                        except ValueError:
+                            log.warning("ignored a malformed handoff request", extra={"event": "handoff_malformed"})
+            except (*TRANSIENT_ERRORS, rexc.RedisError) as exc:
+                failures += 1
+                if on_error is not None:
+                    on_error(exc)
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    await pubsub.aclose()
+            await anyio.sleep(retry_delay_s(failures))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+        if self._pubsub_client is not self._client:
+            await self._pubsub_client.aclose()
