@@ -38,6 +38,7 @@ class JobContext:
     params: Mapping[str, str] = field(default_factory=dict)  # `run-job --param k=v` (manual runs only)
     attempt: int = 1
     manual: bool = False
+    loop_lag_s: float = 0.0  # worst event-loop lag seen by the replica since the previous run of any job
     _fence: Fence | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:

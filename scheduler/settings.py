@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from leader import InvalidTimings, LeaseTimings
 
+from .connection import RedisConnectionSettings
+
 __all__ = ["Settings", "SettingsError", "load_settings", "mask_url"]
 
 ENV_PREFIX = "LIGHTSCHED_"
@@ -48,17 +50,13 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
-class Settings(BaseSettings):
+class Settings(RedisConnectionSettings):
     """lightsched settings. Times are in seconds unless the name says otherwise."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
     )
 
-    redis_url: SecretStr = Field(
-        SecretStr("redis://localhost:6379/0"),
-        description="Redis URL: redis://, rediss:// (TLS) or unix://; a password in it is masked everywhere",
-    )
     key_prefix: str = Field("lightsched", description="every key is `{PREFIX}:...`; one prefix per deployment")
     replica_id: str = Field(default_factory=_default_replica_id, description="this replica's name; default host-pid")
     enabled: bool = Field(True, description="kill switch: false makes this replica never contend (status still works)")
@@ -69,8 +67,6 @@ class Settings(BaseSettings):
     misfire_grace_time: float = Field(
         60.0, description="default seconds a late slot may still run; must cover a crash takeover"
     )
-    wait_replicas: int = Field(0, ge=0, description="Redis replicas that must acknowledge each lease write (WAIT); 0: none")
-    wait_timeout_ms: int = Field(500, gt=0, description="milliseconds to wait for those acknowledgements")
     jobs: str = Field("jobs:registry", description="MODULE:ATTR of the JobRegistry to run")
     disabled_jobs: Annotated[frozenset[str], NoDecode] = Field(
         frozenset(), description="comma-separated job ids not to run"

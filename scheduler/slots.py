@@ -1,0 +1,199 @@
+"""Slots: one (job id, scheduled fire time) pair runs at most once per deployment.
+
+Pure part: `plan_resume()` computes, from a job's last claimed slot and "now",
+where its schedule continues and which slots were missed or will be coalesced.
+It takes `now` as an argument, so DST and failover cases are tested with an
+injected time.
+
+Redis part: `SlotStore.claim()` is one Lua script that checks the fencing token
+and a per-job high-water mark: a slot is claimed only if its fire time is later
+than every slot claimed before for that job, by any leader. Two successful
+claims of one slot are therefore impossible, and so is running an older slot
+after a newer one.
+
+Does not guarantee: that a claimed slot finished; a leader may die mid-run
+(its run record then stays "running"; the next leader does not re-run it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.triggers.base import BaseTrigger
+from redis.asyncio import Redis
+
+from .fencing import FENCE_CHECK_LUA
+from .keys import Keyspace
+
+__all__ = ["FoldSafeTrigger", "CLAIM_SLOT_LUA", "RECORD_RUN_LUA", "ClaimResult", "ResumePlan", "SlotStore", "from_ms", "plan_resume", "to_ms"]
+
+#: Upper bound on slots walked when counting missed ones after a long outage.
+MAX_SLOTS_WALKED = 100_000
+
+
+def to_ms(dt: datetime) -> int:
+    return round(dt.timestamp() * 1000)
+
+
+def from_ms(ms: int, tz: Any = UTC) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz)
+
+
+class FoldSafeTrigger(BaseTrigger):
+    """A cron trigger whose slots are local wall-clock times, each run once.
+
+    When daylight saving ends, an hour of local time repeats; APScheduler 3
+    fires again for each repeated wall time (a daily 02:30 job runs twice).
+    Here a fire time whose local wall time is not later than the previous
+    slot's is skipped: no slot runs twice in the repeated hour. When DST
+    starts, a slot whose wall time does not exist runs once, at the instant
+    APScheduler maps it to (an hour late); no slot is invented in the gap.
+    """
+
+    def __init__(self, inner: BaseTrigger) -> None:
+        self.inner = inner
+        self.jitter = None
+
+    def __str__(self) -> str:
+        return str(self.inner)
+
+    def __repr__(self) -> str:
+        return f"FoldSafeTrigger({self.inner!r})"
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        nxt = self.inner.get_next_fire_time(previous_fire_time, now)
+        if previous_fire_time is None:
+            return nxt
+        while nxt is not None:
+            prev_wall = previous_fire_time.astimezone(nxt.tzinfo).replace(tzinfo=None)
+            if nxt.replace(tzinfo=None) > prev_wall:
+                return nxt
+            nxt = self.inner.get_next_fire_time(nxt, nxt)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePlan:
+    next_run_time: datetime | None  # first slot still within the grace, or the next future one
+    missed: int  # slots past the grace that will never run
+    walked_all: bool  # False when MAX_SLOTS_WALKED stopped the count
+
+
+def plan_resume(
+    trigger: BaseTrigger, last_slot: datetime | None, now: datetime, grace_s: float
+) -> ResumePlan:
+    """Where a job's schedule continues on a new leader.
+
+    With no claimed slot yet the schedule starts from `now`. Otherwise it goes
+    on from the slot after the last claimed one; slots older than `grace_s`
+    are counted as missed and skipped, so APScheduler only ever sees the ones
+    that may still run (which it then coalesces or not).
+    """
+    if last_slot is None:
+        return ResumePlan(trigger.get_next_fire_time(None, now), 0, True)
+    horizon = now - timedelta(seconds=grace_s)
+    nxt = trigger.get_next_fire_time(last_slot, last_slot)
+    missed = 0
+    while nxt is not None and nxt < horizon:
+        if missed >= MAX_SLOTS_WALKED:
+            # Jump: anything this old is missed; restart the walk from the horizon.
+            return ResumePlan(trigger.get_next_fire_time(None, horizon), missed, False)
+        missed += 1
+        nxt = trigger.get_next_fire_time(nxt, nxt)
+    return ResumePlan(nxt, missed, True)
+
+
+# KEYS[1] leader key, KEYS[2] job hash, KEYS[3] jobs index set
+# ARGV[1] fencing token, ARGV[2] slot (ms since epoch), ARGV[3] replica id,
+# ARGV[4] job id, ARGV[5] next slot after this one (ms) or ''
+# Returns {1, 'ok'} when claimed; {0, 'fenced'} when the token is stale;
+# {0, 'claimed', last_slot_ms} when this or a later slot was claimed already.
+CLAIM_SLOT_LUA = FENCE_CHECK_LUA + """
+if fenced then return {0, 'fenced'} end
+local last = redis.call('HGET', KEYS[2], 'last_slot_ms')
+if last and tonumber(last) >= tonumber(ARGV[2]) then return {0, 'claimed', last} end
+redis.call('HSET', KEYS[2], 'last_slot_ms', ARGV[2], 'claimed_by', ARGV[3],
+           'claimed_token', ARGV[1], 'next_run_ms', ARGV[5])
+redis.call('SADD', KEYS[3], ARGV[4])
+return {1, 'ok'}
+"""
+
+# KEYS[1] leader key, KEYS[2] job hash, KEYS[3] runs list
+# ARGV[1] fencing token, ARGV[2] run record JSON, ARGV[3] records kept
+# Returns 1 when recorded, 0 when fenced out.
+RECORD_RUN_LUA = FENCE_CHECK_LUA + """
+if fenced then return 0 end
+redis.call('HSET', KEYS[2], 'last_run', ARGV[2])
+redis.call('LPUSH', KEYS[3], ARGV[2])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
+return 1
+"""
+
+# KEYS[1] leader key, KEYS[2] job hash, KEYS[3] jobs index set
+# ARGV[1] fencing token, ARGV[2] next slot (ms) or '', ARGV[3] job id
+# Returns 1 when written, 0 when fenced out.
+SET_NEXT_LUA = FENCE_CHECK_LUA + """
+if fenced then return 0 end
+redis.call('HSET', KEYS[2], 'next_run_ms', ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    ok: bool
+    reason: str  # ok | fenced | claimed
+    last_slot_ms: int | None = None
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+class SlotStore:
+    """Slot claims, run records and resume points in Redis."""
+
+    def __init__(self, client: Redis, keys: Keyspace, history: int = 50) -> None:
+        self._client = client
+        self.keys = keys
+        self.history = history
+        self._claim = client.register_script(CLAIM_SLOT_LUA)
+        self._record = client.register_script(RECORD_RUN_LUA)
+        self._set_next = client.register_script(SET_NEXT_LUA)
+
+    async def claim(
+        self, job_id: str, slot: datetime, token: int, replica_id: str, next_slot: datetime | None
+    ) -> ClaimResult:
+        res = await self._claim(
+            keys=[self.keys.leader, self.keys.job(job_id), self.keys.jobs_index()],
+            args=[token, to_ms(slot), replica_id, job_id, "" if next_slot is None else to_ms(next_slot)],
+        )
+        if int(res[0]) == 1:
+            return ClaimResult(True, "ok")
+        reason = _text(res[1])
+        return ClaimResult(False, reason, int(_text(res[2])) if len(res) > 2 else None)
+
+    async def record(self, job_id: str, token: int, record: dict[str, Any]) -> bool:
+        res = await self._record(
+            keys=[self.keys.leader, self.keys.job(job_id), self.keys.runs(job_id)],
+            args=[token, json.dumps(record, separators=(",", ":")), self.history],
+        )
+        return int(res) == 1
+
+    async def set_next(self, job_id: str, token: int, next_slot: datetime | None) -> bool:
+        res = await self._set_next(
+            keys=[self.keys.leader, self.keys.job(job_id), self.keys.jobs_index()],
+            args=[token, "" if next_slot is None else to_ms(next_slot), job_id],
+        )
+        return int(res) == 1
+
+    async def last_slots(self, job_ids: list[str]) -> dict[str, int | None]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.keys.job(job_id), "last_slot_ms")
+            values = await pipe.execute()
+        return {j: (int(_text(v)) if v is not None else None) for j, v in zip(job_ids, values, strict=True)}
