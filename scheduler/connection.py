@@ -31,10 +31,15 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.exceptions import RedisError
+
+from .errors import note_command
 
 __all__ = [
     "ClientPurpose",
     "RedisConnectionSettings",
+    "NamingRedis",
+    "NamingRedisCluster",
     "SentinelMasterClient",
     "least_privilege_acl",
     "make_client",
@@ -240,7 +245,29 @@ def _read_password_file(path: Path) -> SecretStr:
     return SecretStr(secret)
 
 
-class SentinelMasterClient(Redis):
+class NamingRedis(Redis):
+    """`Redis` whose errors remember the command and keys (not values) for `describe_redis_error`."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **options)
+        except RedisError as exc:
+            note_command(exc, args)
+            raise
+
+
+class NamingRedisCluster(RedisCluster):
+    """`RedisCluster` whose errors remember the command and keys, like `NamingRedis`."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except RedisError as exc:
+            note_command(exc, args)
+            raise
+
+
+class SentinelMasterClient(NamingRedis):
     """The Sentinel-managed master client; closing it closes its sentinel connections too."""
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
@@ -308,12 +335,12 @@ def make_client(conn: RedisConnectionSettings, purpose: ClientPurpose = "jobs") 
     if tls:
         kwargs.update(_tls_kwargs(conn))
     if conn.topology == "url":
-        return Redis.from_url(conn.redis_url.get_secret_value(), **kwargs)
+        return NamingRedis.from_url(conn.redis_url.get_secret_value(), **kwargs)
     kwargs = {**_url_credentials(conn), **kwargs}
     if conn.topology == "cluster":
         kwargs.pop("db", None)  # Cluster has only database 0
         nodes = [ClusterNode(*_split_host_port(item)) for item in conn.redis_cluster_nodes]
-        return RedisCluster(startup_nodes=nodes, ssl=tls, **kwargs)
+        return NamingRedisCluster(startup_nodes=nodes, ssl=tls, **kwargs)
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": kwargs["socket_timeout"],
         "socket_connect_timeout": kwargs["socket_connect_timeout"],
