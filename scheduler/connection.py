@@ -27,10 +27,11 @@ from urllib.parse import urlsplit
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .errors import note_command
@@ -256,8 +257,24 @@ class NamingRedis(Redis):
             raise
 
 
+class _ClusterPubSub(ClusterPubSub):
+    """redis-py's ClusterPubSub looks the channel's slot up before the client has
+    loaded the slot map (a KeyError on a fresh client); load it first, and report
+    a missing slot as a connection error the caller retries."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        await self.cluster.initialize()
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except KeyError as exc:
+            raise RedisConnectionError(f"cluster slot map has no node for slot {exc}; retry") from None
+
+
 class NamingRedisCluster(RedisCluster):
     """`RedisCluster` whose errors remember the command and keys, like `NamingRedis`."""
+
+    def pubsub(self, node: ClusterNode | None = None, host: str | None = None, port: int | None = None, **kwargs: Any) -> ClusterPubSub:
+        return _ClusterPubSub(self, node=node, host=host, port=port, **kwargs)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -22,7 +22,15 @@ from redis.asyncio import Redis
 from .fencing import Fence
 from .keys import Keyspace
 
-__all__ = ["JobContext"]
+__all__ = ["JobContext", "JobLogger"]
+
+
+class JobLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger bound to a job whose per-call `extra=` is merged, not dropped (as 3.11's adapter does)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,7 +139,15 @@ def describe_redis_error(exc: BaseException, conn: RedisConnectionSettings | Non
     if master_not_found is not None:
         name = conn.redis_sentinel_master if conn is not None else "?"
         sentinels = ",".join(conn.redis_sentinels) if conn is not None else "?"
-        cause = "no sentinel answered" if "Error" in str(master_not_found) else "no sentinel knows a healthy master by that name"
+        detail = str(master_not_found)
+        if "WRONGPASS" in detail or "invalid username-password" in detail or "AuthenticationError" in detail:
+            cause = "the sentinels rejected LIGHTSCHED_REDIS_SENTINEL_PASSWORD"
+        elif "NOAUTH" in detail or "Authentication required" in detail:
+            cause = "the sentinels want a password: set LIGHTSCHED_REDIS_SENTINEL_PASSWORD"
+        elif "Error" in detail:
+            cause = "no sentinel answered"
+        else:
+            cause = "no sentinel knows a healthy master by that name"
         return f"Sentinel master {name!r} not found via {sentinels}: {cause}"
     if any(isinstance(e, rexc.ClusterDownError) for e in chain) or "CLUSTERDOWN" in text:
         return f"Redis Cluster is down at {where}: {_scrub(str(exc), conn)}"

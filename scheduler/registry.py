@@ -29,6 +29,9 @@ __all__ = ["JobDefinitionError", "JobFunc", "JobRegistry", "JobSpec", "parse_sch
 JobFunc = Callable[..., Awaitable[None] | None]
 
 _INTERVAL_RE = re.compile(r"^\s*(?:every\s+)?(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+#: Interval schedules given as strings or timedeltas are anchored here, so every
+#: replica computes the same slots (multiples of the interval since the epoch).
+_EPOCH = datetime(1970, 1, 1, tzinfo=ZoneInfo("UTC"))
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -70,7 +73,7 @@ def parse_schedule(expr: str, timezone: str = "UTC") -> BaseTrigger:
         seconds = float(m.group(1)) * _UNIT_S[(m.group(2) or "s").lower()]
         if seconds <= 0:
             raise ValueError(f"interval {expr!r} must be positive")
-        return IntervalTrigger(seconds=seconds, timezone=tz)
+        return IntervalTrigger(seconds=seconds, timezone=tz, start_date=_EPOCH)
     try:
         return CronTrigger.from_crontab(expr, timezone=tz)
     except ValueError as exc:
@@ -224,7 +227,7 @@ def _to_trigger(job_id: str, trigger: BaseTrigger | str | timedelta, timezone: s
     if isinstance(trigger, timedelta):
         if trigger.total_seconds() <= 0:
             raise JobDefinitionError(job_id, "interval must be positive")
-        return IntervalTrigger(seconds=trigger.total_seconds(), timezone=ZoneInfo("UTC"))
+        return IntervalTrigger(seconds=trigger.total_seconds(), timezone=ZoneInfo("UTC"), start_date=_EPOCH)
     if isinstance(trigger, str):
         try:
             return parse_schedule(trigger, timezone)

@@ -64,7 +64,7 @@ from leader import (
 from leader.timing import Clock
 
 from .connection import make_client
-from .context import JobContext
+from .context import JobContext, JobLogger
 from .keys import Keyspace
 from .registry import JobRegistry, JobSpec
 from .settings import Settings
@@ -195,7 +195,8 @@ class Replica:
         self._scheduler: AsyncIOScheduler | None = None
         self._executor = _GatedExecutor(self._run_due)
         self._triggers: dict[str, BaseTrigger] = {s.id: schedule_trigger(s.trigger) for s in self.registry}
-        self._control_send, self._control_recv = anyio.create_memory_object_stream[tuple[str, LeaseTerm]](16)
+        self._control_send: Any = None
+        self._control_recv: Any = None
         self._stop_event = anyio.Event()
         self._stop_now = False
         self._drain_scope: anyio.CancelScope | None = None
@@ -205,6 +206,7 @@ class Replica:
         self._last_records: dict[str, dict[str, Any]] = {}
         self._max_lag_since_run = 0.0
         self.http_port: int | None = None
+        self.telemetry.declare_jobs([s.id for s in self.registry if s.enabled])
 
     def __repr__(self) -> str:
         return f"Replica(replica_id={self.settings.replica_id!r}, leading={self.is_leader})"
@@ -240,6 +242,7 @@ class Replica:
     def liveness(self) -> tuple[bool, str]:
         if not self._running:
             return False, "not running"
+        self.telemetry.set_loop_lag(self.lag.lag_s)
         tick = self.lag.last_tick_mono
         if tick is not None and self.clock.monotonic() - tick > max(10.0, 20 * self.lag.interval_s):
             return False, "event loop stalled"
@@ -295,6 +298,7 @@ class Replica:
         self.elector = Elector(_TimedStore(store, self.telemetry.renew_succeeded, self.clock), self.identity, s.timings, clock=self.clock)  # type: ignore[arg-type]
         self.elector.subscribe(self._on_election_event)
         self.slots = SlotStore(self.redis, self.keys, s.run_history)
+        self._control_send, self._control_recv = anyio.create_memory_object_stream[tuple[str, LeaseTerm]](16)
         self._scheduler = AsyncIOScheduler(
             event_loop=loop,
             executors={"default": self._executor},
@@ -330,6 +334,8 @@ class Replica:
                 tg.cancel_scope.cancel()
         finally:
             self._running = False
+            self._control_send.close()
+            self._control_recv.close()
             self._executor.cancel_all()
             if self._scheduler.running:
                 self._scheduler.shutdown(wait=False)
@@ -444,7 +450,6 @@ class Replica:
         assert self.elector is not None
         await self._drain()
         await self.elector.release()
-        self.telemetry.leadership_lost(term.token, "handoff")
         self._draining = False
 
     async def _shutdown(self) -> None:
@@ -556,7 +561,7 @@ class Replica:
                 scheduled_time=slot,
                 redis=self.redis,
                 keys=self.keys,
-                log=logging.LoggerAdapter(
+                log=JobLogger(
                     logging.getLogger(f"lightsched.job.{spec.id}"),
                     {"job_id": spec.id, "fencing_token": token, "slot": slot.isoformat()},
                 ),

@@ -42,6 +42,11 @@ def from_ms(ms: int, tz: Any = UTC) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz)
 
 
+def _wall(dt: datetime, tz: Any = None) -> datetime:
+    """The real local wall time of an instant (via UTC: a non-existent label is normalised)."""
+    return dt.astimezone(UTC).astimezone(tz or dt.tzinfo).replace(tzinfo=None)
+
+
 class FoldSafeTrigger(BaseTrigger):
     """A cron trigger whose slots are local wall-clock times, each run once.
 
@@ -68,8 +73,7 @@ class FoldSafeTrigger(BaseTrigger):
         if previous_fire_time is None:
             return nxt
         while nxt is not None:
-            prev_wall = previous_fire_time.astimezone(nxt.tzinfo).replace(tzinfo=None)
-            if nxt.replace(tzinfo=None) > prev_wall:
+            if _wall(nxt) > _wall(previous_fire_time, nxt.tzinfo):
                 return nxt
             nxt = self.inner.get_next_fire_time(nxt, nxt)
         return None
