@@ -16,6 +16,18 @@ INTERVAL_S = 0.5
 GRACE_S = 10.0
 
 
+def metric(replica, name: str) -> float:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{replica.http_port}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"{name} not in /metrics")
+
+
 def assert_no_slot_twice(fleet: Fleet) -> None:
     slots = [r["slot_ms"] for r in fleet.runs()]
     dupes = sorted({s for s in slots if slots.count(s) > 1})
@@ -42,6 +54,14 @@ def test_only_the_leader_runs_and_a_kill_9_continues_the_schedule(redis_server: 
             if other is not first:
                 code, body = other.health("/v1/health/scheduler/status")
                 assert code == 200 and body["is_leader"] is False and body["leader"]["replica_id"] == first.name
+        code, body = first.health("/v1/health/scheduler/status")
+        assert code == 200 and body["is_leader"] is True and body["scheduler_running"] is True
+        assert body["fencing_token"] == fleet.leader_record()["fencing_token"] and body["lease_left_s"] > 0
+        assert body["jobs"][0]["id"] == "tick" and body["jobs"][0]["last_outcome"] == "success"
+        assert "redis://" not in str(body)
+        for replica, expected in ((first, 1.0), (next(r for r in fleet.replicas if r is not first), 0.0)):
+            assert replica.health("/readyz")[0] == 200
+            assert metric(replica, "lightsched_is_leader") == expected
         first.kill()
         killed_at = time.time()
         second = fleet.wait_for_leader(exclude={first.name})
