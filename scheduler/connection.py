@@ -271,7 +271,35 @@ class _ClusterPubSub(ClusterPubSub):
 
 
 class NamingRedisCluster(RedisCluster):
-    """`RedisCluster` whose errors remember the command and keys, like `NamingRedis`."""
+    """`RedisCluster` whose errors remember the command and keys, like `NamingRedis`.
+
+    It also closes, on `aclose()`, the connections to nodes the client dropped
+    from its map after a failover or a slot move: redis-py forgets them open.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._seen_nodes: dict[int, ClusterNode] = {}
+
+    def _remember_nodes(self) -> None:
+        for node in self.nodes_manager.nodes_cache.values():
+            self._seen_nodes[id(node)] = node
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kwargs)
+        finally:
+            self._remember_nodes()
+
+    async def aclose(self) -> None:
+        self._remember_nodes()
+        await super().aclose()
+        for node in self._seen_nodes.values():
+            try:
+                await node.disconnect()
+            except (RedisError, OSError):
+                pass  # a dead node's socket; nothing left to close
+        self._seen_nodes.clear()
 
     def pubsub(self, node: ClusterNode | None = None, host: str | None = None, port: int | None = None, **kwargs: Any) -> ClusterPubSub:
         return _ClusterPubSub(self, node=node, host=host, port=port, **kwargs)
@@ -282,6 +310,8 @@ class NamingRedisCluster(RedisCluster):
         except RedisError as exc:
             note_command(exc, args)
             raise
+        finally:
+            self._remember_nodes()  # a MOVED may have added a node
 
 
 class SentinelMasterClient(NamingRedis):
@@ -381,20 +411,23 @@ def make_client(conn: RedisConnectionSettings, purpose: ClientPurpose = "jobs") 
 #: both). Keep in step with leader/, scheduler/ and jobs/: tests/integration/
 #: test_acl.py runs the elector and fenced writes as a user with only these.
 SCHEDULER_COMMANDS: tuple[str, ...] = (
-    # connection upkeep
-    "ping", "hello", "auth", "client|setname", "select", "readonly", "cluster|slots",
-    "cluster|shards", "cluster|nodes", "command|docs", "command|info", "command|count", "info",
-    # scripts: the lease and the fenced writes are Lua
+    # connection upkeep; COMMAND and CLUSTER SLOTS/SHARDS/NODES for the Cluster client's map
+    "ping", "hello", "auth", "client|setname", "select", "readonly", "command",
+    "cluster|slots", "cluster|shards", "cluster|nodes", "cluster|myid",
+    # the lease and the fenced writes are Lua scripts
     "eval", "evalsha", "script|load", "script|exists",
-    # replication acknowledgement of lease writes
+    # replication acknowledgement of lease writes (wait_replicas)
     "wait",
-    # keys (also inside scripts)
-    "get", "set", "del", "unlink", "exists", "pexpire", "pttl", "ttl", "time", "type",
-    "hget", "hset", "hgetall", "hdel", "hmget",
+    # keys, used directly or inside the scripts
+    "get", "set", "mset", "del", "unlink", "exists", "pexpire", "pttl", "ttl", "time", "type", "object|idletime",
+    "hget", "hset", "hgetall", "hdel", "hmget", "hincrby",
     "sadd", "srem", "smembers",
     "lpush", "ltrim", "lrange", "llen",
     "xadd", "xrange", "xrevrange", "xlen", "xtrim",
+    # clean-up job: SCAN lists key names (ACL key patterns do not filter its output)
     "scan",
+    # system_health job reads INFO memory/clients/replication
+    "info",
     # pub/sub: release and handoff notifications
     "publish", "subscribe", "unsubscribe",
 )  # fmt: skip

@@ -115,17 +115,18 @@ def describe_redis_error(exc: BaseException, conn: RedisConnectionSettings | Non
     for e in chain:
         if _is_acl_denial(e):
             return _noperm(e, conn)
-    if any(isinstance(e, rexc.AuthenticationError) for e in chain) or "WRONGPASS" in text or re.search(
-        r"invalid username-password pair|invalid password", text
-    ):
-        return f"Redis rejected the credentials at {where}: wrong user name or password for {_who(conn)}, or the user is disabled"
-    if any(isinstance(e, rexc.AuthenticationWrongNumberOfArgsError) for e in chain) or "NOAUTH" in text or (
-        "AUTH" in text and "no password is set" in text
+    if any(isinstance(e, rexc.AuthenticationWrongNumberOfArgsError) for e in chain) or re.search(
+        r"NOAUTH|Authentication required|no password is set|without any password configured|HELLO must be called with the client already authenticated",
+        text,
     ):
         return (
             f"Redis at {where} wants a password (NOAUTH) or has none set: "
             "check LIGHTSCHED_REDIS_PASSWORD / LIGHTSCHED_REDIS_PASSWORD_FILE"
         )
+    if any(isinstance(e, rexc.AuthenticationError) for e in chain) or "WRONGPASS" in text or re.search(
+        r"invalid username-password pair|invalid password", text
+    ):
+        return f"Redis rejected the credentials at {where}: wrong user name or password for {_who(conn)}, or the user is disabled"
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain) or _TLS_VERIFY.search(text):
         reason = next((e.verify_message for e in chain if isinstance(e, ssl.SSLCertVerificationError)), None)
         why = f" ({reason})" if reason else ""
