@@ -86,8 +86,11 @@ def _setup_observability(settings: Settings) -> Any:
     from observability.tracing import instrument_redis, setup_tracing
 
     configure_logging(settings.log_format, settings.log_level, settings.replica_id)
-    handle = setup_tracing(settings.replica_id)
-    instrument_redis(settings.trace_redis)
+    try:
+        handle = setup_tracing(settings.replica_id)
+    except ValueError as exc:  # an unsupported OTEL_* value: a bad setting, named in the message
+        raise SettingsError(str(exc)) from None
+    instrument_redis(settings.trace_redis and handle.enabled)
     return handle
 
 

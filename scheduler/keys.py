@@ -36,5 +36,6 @@ class Keyspace(LeaseKeys):
         return key.startswith(self.base + ":")
 
     def protected_patterns(self) -> tuple[str, ...]:
-        """Keys that clean-up must never delete: the lease, the token, the job slots."""
-        return (self.leader, self.token, f"{self.base}:job:*", self.jobs_index())
+        """Keys that clean-up must never delete: the lease, the token, the job slots, the run records
+        (capped by the runtime itself)."""
+        return (self.leader, self.token, f"{self.base}:job:*", f"{self.base}:runs:*", self.jobs_index())

@@ -23,6 +23,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 __all__ = ["JobDefinitionError", "JobFunc", "JobRegistry", "JobSpec", "parse_schedule"]
 
@@ -109,13 +110,16 @@ class JobSpec:
         """Build the job's settings model from the environment (at start, to fail early)."""
         if self.config_model is None:
             return None
+        prefix = self.config_model.model_config.get("env_prefix", "")
         try:
             return self.config_model()
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err.get("loc", ())) or "settings"
-            prefix = self.config_model.model_config.get("env_prefix", "")
-            raise JobDefinitionError(self.id, f"setting {prefix}{loc.upper()}: {err['msg']}") from None
+            msg = err["msg"].removeprefix("Value error, ")
+            raise JobDefinitionError(self.id, f"setting {prefix}{loc.upper()}: {msg}") from None
+        except PydanticSettingsError as exc:  # an env value that is not valid JSON for a complex field
+            raise JobDefinitionError(self.id, f"settings {prefix}*: {exc}") from None
 
 
 def _is_async(func: Callable[..., Any]) -> bool:

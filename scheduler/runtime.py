@@ -572,7 +572,7 @@ class Replica:
                 loop_lag_s=lag,
             )
             outcome, error = await self._attempt(spec, ctx, lateness_s)
-            if outcome in (RunOutcome.SUCCESS, RunOutcome.CANCELLED) or attempt > opts.retries:
+            if outcome in (RunOutcome.SUCCESS, RunOutcome.CANCELLED, RunOutcome.FENCED) or attempt > opts.retries:
                 break
             delay = min(opts.retry_backoff * 2 ** (attempt - 1), opts.retry_backoff_max)
             if next_slot is not None and (self.clock.wall() - next_slot).total_seconds() + delay >= 0:
@@ -620,6 +620,10 @@ class Replica:
                     raise
                 except anyio.get_cancelled_exc_class():
                     outcome, error = RunOutcome.CANCELLED, "cancelled: leadership lost or stopping"
+                    rec.set_outcome(outcome.value, error)
+                    raise
+                except PermissionError as exc:  # a fenced write was refused: superseded, not broken
+                    outcome, error = RunOutcome.FENCED, f"{type(exc).__name__}: {exc}"
                     rec.set_outcome(outcome.value, error)
                     raise
                 except Exception as exc:
