@@ -46,8 +46,14 @@ def load_registry(ref: str) -> JobRegistry:
 
 
 def create_replica(registry: JobRegistry | None = None, settings: Settings | None = None, **kwargs: Any) -> Replica:
-    """A replica from the environment's settings (and `LIGHTSCHED_JOBS` when no registry is given)."""
+    """A replica from the environment's settings (and `LIGHTSCHED_JOBS` when no registry is given).
+
+    Embedded, the app serves the routes (`health_router`), so the replica opens
+    no HTTP server of its own unless `LIGHTSCHED_HTTP_PORT` is set explicitly.
+    """
     settings = settings or load_settings()
+    if "http_port" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"http_port": 0})
     return Replica(settings, registry if registry is not None else load_registry(settings.jobs), **kwargs)
 
 
