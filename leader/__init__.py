@@ -20,7 +20,7 @@ from .elector import (
 from .keys import LeaseKeys
 from .lag import LoopLagMonitor
 from .redis_store import RedisLeaseStore
-from .store import AcquireResult, Identity, LeaseHolder, LeaseStore, StoreUnavailable
+from .store import AcquireResult, Identity, LeaseHolder, LeaseStore, StoreError, StoreRejected, StoreUnavailable
 from .timing import Clock, FakeClock, InvalidTimings, LeaseTerm, LeaseTimings, SystemClock
 
 __all__ = [
@@ -46,6 +46,8 @@ __all__ = [
     "StartedLeading",
     "StepDownReason",
     "StoppedLeading",
+    "StoreError",
+    "StoreRejected",
     "StoreUnavailable",
     "SystemClock",
 ]

@@ -10,6 +10,11 @@ Guarantees:
   SIGSTOP): callers check it right before they act.
 - Store errors never escape `run()`; it backs off (capped, jittered) and keeps
   contending. After any step-down it goes back to standing by.
+- An acquire whose reply was lost (a timeout, a dropped connection, a Redis
+  that was paused and then ran the queued command) may still have taken the
+  lease. When a later attempt finds the key holding the value of one of this
+  elector's unanswered attempts, it adopts it with a renew sent now, instead of
+  leaving the lease leaderless for a whole TTL.
 
 Loop stalls: renewals run on this event loop, over the store's own connection.
 A coroutine that blocks the loop past the renew deadline starves them; the
@@ -20,7 +25,12 @@ fencing token refuses whatever the blocked code writes afterwards. Plain
 functions run in worker threads, so only a misbehaving coroutine can stall.
 
 Does not guarantee: that code already running when leadership ends stops
-writing; that is what fencing tokens are for.
+writing; nor one leader at a time across a Redis that loses its data (a
+restart without persistence, a failover without WAIT): a standby may acquire
+the vanished lease while the old leader still believes in its term. Fencing
+tokens cover both: they keep increasing, so the old leader's writes are
+refused. (A leader whose listener connection breaks renews at once, which
+narrows that window to milliseconds after a restart.)
 """
 
 from __future__ import annotations
@@ -28,13 +38,14 @@ from __future__ import annotations
 import enum
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
 from redis.backoff import EqualJitterBackoff
 
-from .store import AcquireResult, Identity, LeaseHolder, LeaseStore, StoreUnavailable
+from .store import AcquireResult, Identity, LeaseHolder, LeaseStore, StoreError, StoreRejected
 from .timing import Clock, LeaseTerm, LeaseTimings, SystemClock, leader_renew_delay_s, standby_retry_delay_s
 
 __all__ = [
@@ -147,11 +158,15 @@ class Elector:
         self._leader: LeaseHolder | None = None
         self._wake = anyio.Event()
         self._cooloff_until = 0.0
-        self._release_requested = False
+        # Set when the listener's connection broke: renew at once, not on schedule.
+        self._check_now = False
         self._counters = _Counters()
         self._running = False
         self._last_loop_mono: float | None = None
         self._backoff = EqualJitterBackoff(cap=timings.retry_period_s, base=0.05)
+        # `acquired_at` stamps of acquire attempts that got no answer: they may
+        # have taken the lease in Redis all the same.
+        self._unanswered: deque[str] = deque(maxlen=8)
 
     def __repr__(self) -> str:
         return f"Elector(replica_id={self.identity.replica_id!r}, leading={self.is_leader()})"
@@ -204,7 +219,7 @@ class Elector:
         try:
             with anyio.fail_after(self.timings.retry_period_s):
                 released = await self._store.release(term.value)
-        except (StoreUnavailable, TimeoutError) as exc:
+        except (StoreError, TimeoutError) as exc:
             log.warning(
                 "could not release the lease; it expires on its own",
                 extra={"event": "lease_release_failed", "error": str(exc), "fencing_token": term.token},
@@ -243,7 +258,7 @@ class Elector:
         if self._term is not term:
             return  # already ended: exactly one StoppedLeading per term
         self._term = None
-        self._release_requested = False
+        self._check_now = False
         self._counters.transitions += 1
         log.info(
             "stopped leading",
@@ -275,6 +290,11 @@ class Elector:
 
     def _on_listen_error(self, exc: BaseException) -> None:
         log.debug("lease listener reconnecting", extra={"event": "listener_error", "error": str(exc)})
+        if self._term is not None:
+            # Redis may have restarted and lost the lease: a standby may hold it
+            # already. Find out now rather than at the next scheduled renew.
+            self._check_now = True
+            self._wake.set()
 
     async def _listen(self) -> None:
         await self._store.listen(self._on_released, self._on_handoff, self._on_listen_error)
@@ -291,18 +311,19 @@ class Elector:
         if now < self._cooloff_until:
             await anyio.sleep(self._cooloff_until - now)
             return
+        acquired_at = self._clock.wall().isoformat(timespec="milliseconds")
         sent = self._clock.monotonic()
         try:
             with anyio.fail_after(self.timings.retry_period_s):
-                res: AcquireResult = await self._store.try_acquire(
-                    self.identity, self.timings.ttl_ms, self._clock.wall().isoformat(timespec="milliseconds")
-                )
-        except (StoreUnavailable, TimeoutError) as exc:
+                res: AcquireResult = await self._store.try_acquire(self.identity, self.timings.ttl_ms, acquired_at)
+        except (StoreError, TimeoutError) as exc:
+            self._unanswered.append(acquired_at)
             self._counters.standby_failures += 1
             failures = self._counters.standby_failures
+            rejected = isinstance(exc, StoreRejected)
             log.log(
-                logging.WARNING if failures == 1 else logging.DEBUG,
-                "cannot reach the lease store; retrying",
+                logging.ERROR if rejected else logging.WARNING if failures == 1 else logging.DEBUG,
+                "the lease store refused the acquire; retrying" if rejected else "cannot reach the lease store; retrying",
                 extra={"event": "store_unavailable", "error": str(exc) or type(exc).__name__, "failures": failures},
             )
             self._emit(RenewFailed(None, str(exc) or type(exc).__name__, self._clock.monotonic() - sent))
@@ -311,16 +332,49 @@ class Elector:
         self._counters.standby_failures = 0
         if res.acquired:
             assert res.value is not None and res.token is not None
-            term = LeaseTerm(res.token, res.value, self.timings, sent)
-            self._term = term
-            self._counters.transitions += 1
-            self._observe(LeaseHolder.parse(res.value))
-            log.info("started leading", extra={"event": "started_leading", "fencing_token": term.token})
-            self._emit(StartedLeading(term))
+            self._start_term(LeaseTerm(res.token, res.value, self.timings, sent))
+            return
+        if res.holder is not None and self._is_unanswered_attempt(res.holder) and await self._adopt(res.holder):
             return
         self._observe(res.holder)
         pttl = res.holder_pttl_ms if res.holder is not None and not res.holder.foreign else None
         await self._sleep_or_wake(standby_retry_delay_s(self.timings, pttl, self._rng()))
+
+    def _start_term(self, term: LeaseTerm) -> None:
+        self._term = term
+        self._unanswered.clear()
+        self._counters.transitions += 1
+        self._observe(LeaseHolder.parse(term.value))
+        log.info("started leading", extra={"event": "started_leading", "fencing_token": term.token})
+        self._emit(StartedLeading(term))
+
+    def _is_unanswered_attempt(self, holder: LeaseHolder) -> bool:
+        me = self.identity
+        return (
+            not holder.foreign
+            and (holder.replica_id, holder.host, holder.pid) == (me.replica_id, me.host, me.pid)
+            and holder.acquired_at in self._unanswered
+        )
+
+    async def _adopt(self, holder: LeaseHolder) -> bool:
+        """Take over a lease one of our unanswered acquires created, by renewing it.
+
+        Safe: the key still holding that exact value means nobody acquired
+        since, so its token is the newest; and the term is measured from this
+        renew's send time, as after any renew.
+        """
+        assert holder.fencing_token is not None
+        sent = self._clock.monotonic()
+        try:
+            with anyio.fail_after(self.timings.retry_period_s):
+                ok = await self._store.renew(holder.raw, self.timings.ttl_ms)
+        except (StoreError, TimeoutError):
+            return False
+        if not ok:
+            return False
+        log.info("adopted a lease whose acquire reply was lost", extra={"event": "lease_adopted"})
+        self._start_term(LeaseTerm(holder.fencing_token, holder.raw, self.timings, sent))
+        return True
 
     async def _leader_step(self, term: LeaseTerm) -> None:
         self._wake = anyio.Event()
@@ -334,10 +388,12 @@ class Elector:
             with anyio.move_on_after(self.timings.retry_period_s):
                 try:
                     await self._store.release(term.value)
-                except StoreUnavailable:
+                except StoreError:
                     pass
             return
         delay = leader_renew_delay_s(term, now, failures, self._backoff.compute(failures) if failures else 0.0)
+        if self._check_now and not failures:
+            self._check_now, delay = False, 0.0
         if delay > 0:
             await self._sleep_or_wake(delay)
             return
@@ -346,7 +402,7 @@ class Elector:
         try:
             with anyio.fail_after(max(0.001, term.time_left_s(sent))):
                 ok = await self._store.renew(term.value, self.timings.ttl_ms)
-        except (StoreUnavailable, TimeoutError) as exc:
+        except (StoreError, TimeoutError) as exc:
             self._counters.renew_failures += 1
             error = str(exc) or type(exc).__name__
             log.warning(

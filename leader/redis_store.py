@@ -12,8 +12,13 @@ Guarantees:
 - With `wait_replicas > 0`, an acquire or renew that fewer replicas acknowledge
   within `wait_timeout_ms` counts as failed: the lease is treated as not held.
 - Transient Redis trouble (connection loss, timeouts, LOADING, READONLY,
-  TRYAGAIN, cluster redirections, failovers) raises `StoreUnavailable`; the
-  caller retries.
+  TRYAGAIN, cluster redirections, failovers) raises `StoreUnavailable`. In
+  the contest itself (acquire, renew, release) any other Redis error (NOPERM,
+  OOM, ...) raises `StoreRejected`, so the elector can retry without crashing.
+  The inspection calls (`read`, `current_token`, `request_handoff`) let those
+  through as redis-py raised them, for the CLI to describe.
+- A leader key that is not a string (something else wrote a hash there) counts
+  as held by a foreign holder; renew and release leave it alone.
 
 Does not guarantee: the lease's survival of a Redis failover when
 `wait_replicas` is 0 (an unreplicated write can be lost with the master).
@@ -30,14 +35,16 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from .keys import LeaseKeys
-from .store import AcquireResult, Identity, LeaseHolder, StoreUnavailable
+from .store import AcquireResult, Identity, LeaseHolder, StoreRejected, StoreUnavailable
 
 __all__ = ["ACQUIRE_LUA", "RELEASE_LUA", "RENEW_LUA", "RedisLeaseStore", "TRANSIENT_ERRORS"]
 
 log = logging.getLogger("lightsched.leader")
 
-#: Errors after which a retry may succeed. AuthenticationError and
-#: NoPermissionError are not in it: they need an operator.
+#: Errors after which a retry may succeed. NoPermissionError and OOM are not in
+#: it: they need an operator. (redis-py files AuthenticationError under
+#: ConnectionError, so a wrong password counts as transient: the password may
+#: be fixed in the ACL while we keep trying.)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     rexc.ConnectionError,
     rexc.TimeoutError,
@@ -56,13 +63,18 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 # KEYS[1] leader key, KEYS[2] token key
 # ARGV[1] ttl_ms, ARGV[2] replica_id, ARGV[3] host, ARGV[4] pid, ARGV[5] acquired_at (ISO 8601 UTC)
 # Returns {1, value, token} when acquired (value: the stored JSON, token as a
-# string), or {0, holder_value, holder_pttl_ms} when the key is held.
+# string), or {0, holder_value, holder_pttl_ms} when the key is held; a key of
+# another type is reported as held with the value '<type>'.
+# pcall: a WRONGTYPE error must not fail the script (a foreign key is just held).
 ACQUIRE_LUA = """
-local held = redis.call('GET', KEYS[1])
+local held = redis.pcall('GET', KEYS[1])
+if type(held) == 'table' then
+  held = '<' .. redis.call('TYPE', KEYS[1])['ok'] .. '>'
+end
 if held then
   return {0, held, redis.call('PTTL', KEYS[1])}
 end
-local last = tonumber(redis.call('GET', KEYS[2])) or 0
+local last = tonumber(redis.pcall('GET', KEYS[2])) or 0
 local now = redis.call('TIME')
 local floor_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local token = string.format('%.0f', math.max(last + 1, floor_ms))
@@ -80,7 +92,7 @@ return {1, value, token}
 # ARGV[1] the exact value the caller stored, ARGV[2] ttl_ms
 # Returns 1 when renewed, 0 when the key no longer holds ARGV[1].
 RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
@@ -90,7 +102,7 @@ return 0
 # ARGV[1] the exact value the caller stored, ARGV[2] the released channel
 # Returns 1 when deleted (and announced), 0 when the key no longer holds ARGV[1].
 RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('PUBLISH', ARGV[2], ARGV[1])
   return 1
@@ -98,12 +110,19 @@ end
 return 0
 """
 
-#: How often the listener pings its pub/sub connection to notice a dead one.
-LISTEN_PING_INTERVAL_S = 30.0
+#: How often a quiet listener pings its pub/sub connection to notice a dead
+#: one. A dead listener costs only takeover speed (standbys still retry), so
+#: this is rare: it is part of every standby's steady command rate.
+LISTEN_PING_INTERVAL_S = 60.0
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _store_error(exc: BaseException, what: str = "redis") -> StoreUnavailable | StoreRejected:
+    kind = StoreUnavailable if isinstance(exc, TRANSIENT_ERRORS) else StoreRejected
+    return kind(f"{what}: {type(exc).__name__}: {exc}")
 
 
 class RedisLeaseStore:
@@ -137,8 +156,8 @@ class RedisLeaseStore:
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
             return await script(keys=keys, args=args)
-        except TRANSIENT_ERRORS as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        except (*TRANSIENT_ERRORS, rexc.RedisError) as exc:
+            raise _store_error(exc) from exc
 
     async def _replicated(self) -> bool:
         """WAIT for the configured replicas; True when enough acknowledged."""
@@ -146,8 +165,8 @@ class RedisLeaseStore:
             return True
         try:
             acked = await self._client.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
-        except TRANSIENT_ERRORS as exc:
-            raise StoreUnavailable(f"redis WAIT: {type(exc).__name__}: {exc}") from exc
+        except (*TRANSIENT_ERRORS, rexc.RedisError) as exc:
+            raise _store_error(exc, "redis WAIT") from exc
         if int(acked) < self._wait_replicas:
             log.warning(
                 "lease write acknowledged by too few replicas",
@@ -184,9 +203,17 @@ class RedisLeaseStore:
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.get(self.keys.leader)
                 pipe.pttl(self.keys.leader)
-                raw, pttl = await pipe.execute()
+                pipe.type(self.keys.leader)
+                raw, pttl, kind = await pipe.execute(raise_on_error=False)
         except TRANSIENT_ERRORS as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+            raise _store_error(exc) from exc
+        if isinstance(raw, rexc.ResponseError) and not isinstance(kind, Exception) and _text(kind) != "string":
+            raw = f"<{_text(kind)}>"  # WRONGTYPE: not a lease, but held all the same
+        for result in (raw, pttl, kind):
+            if isinstance(result, TRANSIENT_ERRORS):
+                raise _store_error(result) from result
+            if isinstance(result, Exception):
+                raise result
         if raw is None:
             return None, None
         return LeaseHolder.parse(raw), int(pttl)
@@ -195,14 +222,14 @@ class RedisLeaseStore:
         try:
             raw = await self._client.get(self.keys.token)
         except TRANSIENT_ERRORS as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+            raise _store_error(exc) from exc
         return None if raw is None else int(raw)
 
     async def request_handoff(self, token: int) -> int:
         try:
             return int(await self._client.publish(self.keys.handoff_channel, str(token)))
         except TRANSIENT_ERRORS as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+            raise _store_error(exc) from exc
 
     async def listen(
         self,

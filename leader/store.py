@@ -10,11 +10,22 @@ import json
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["AcquireResult", "Identity", "LeaseHolder", "LeaseStore", "StoreUnavailable"]
+__all__ = ["AcquireResult", "Identity", "LeaseHolder", "LeaseStore", "StoreError", "StoreRejected", "StoreUnavailable"]
 
 
-class StoreUnavailable(ConnectionError):
+class StoreError(Exception):
+    """A lease operation failed; whether it took effect in the store is unknown."""
+
+
+class StoreUnavailable(StoreError, ConnectionError):
     """The store did not answer, or answered with a transient error (LOADING, READONLY, timeout)."""
+
+
+class StoreRejected(StoreError):
+    """The store refused the operation for a reason a retry alone will not fix
+    (ACL NOPERM, out of memory, a script error): an operator has to act. The
+    elector still retries, so it recovers once they have.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +55,10 @@ class LeaseHolder:
             raw = raw.decode("utf-8", "replace")
         try:
             data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise TypeError
             token = data["fencing_token"]
-            if not isinstance(data, dict) or not isinstance(token, int) or isinstance(token, bool):
+            if not isinstance(token, int) or isinstance(token, bool):
                 raise TypeError
             return cls(
                 raw=raw,
@@ -55,7 +68,8 @@ class LeaseHolder:
                 fencing_token=token,
                 acquired_at=str(data.get("acquired_at", "")),
             )
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
+            # RecursionError: deeply nested JSON that something else wrote.
             return cls(raw=raw, foreign=True)
 
 

@@ -18,6 +18,7 @@ belief ended (a job already started). Fencing tokens cover that.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,8 +38,10 @@ __all__ = [
 #: A standby that knows the holder's remaining lease wakes this long after the
 #: expiry it expects, so it does not race a renew that is in flight.
 EXPIRY_SLACK_S = 0.005
-#: Random spread added to a standby's wait, as a fraction of the retry period.
-RETRY_JITTER = 0.1
+#: Random spread added to a standby's wait, as a fraction of the retry period
+#: (client-go adds up to 1.2). It spreads standbys out and keeps each one under
+#: half a command per second at the default 2 s retry period.
+RETRY_JITTER = 0.25
 
 
 class Clock(Protocol):
@@ -101,8 +104,9 @@ class LeaseTimings:
 
     def __post_init__(self) -> None:
         for name in ("ttl_s", "renew_deadline_s", "retry_period_s"):
-            if not getattr(self, name) > 0:
-                raise InvalidTimings(f"{name} must be positive, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise InvalidTimings(f"{name} must be a positive number of seconds, got {value!r}")
         if self.renew_deadline_s >= self.ttl_s:
             raise InvalidTimings(
                 f"lease ttl ({self.ttl_s}s) must be greater than renew deadline ({self.renew_deadline_s}s)"
