@@ -33,6 +33,7 @@ from typing import Any
 import anyio
 from redis import exceptions as rexc
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from .keys import LeaseKeys
 from .store import AcquireResult, Identity, LeaseHolder, StoreRejected, StoreUnavailable
@@ -56,6 +57,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     rexc.ClusterError,
     rexc.AskError,
     rexc.MovedError,
+    rexc.RedisClusterException,  # cluster unreachable, SlotNotCoveredError: not RedisErrors
     OSError,
     TimeoutError,
 )
@@ -159,24 +161,41 @@ class RedisLeaseStore:
         except (*TRANSIENT_ERRORS, rexc.RedisError) as exc:
             raise _store_error(exc) from exc
 
-    async def _replicated(self) -> bool:
-        """WAIT for the configured replicas; True when enough acknowledged."""
+    async def _call_replicated(self, script: Any, keys: list[str], args: list[Any]) -> tuple[Any, bool]:
+        """Run a lease-writing script, then WAIT for the configured replicas.
+
+        WAIT counts acknowledgements of the writes made on its own connection,
+        so script and WAIT go down one pipeline (one connection). On Redis
+        Cluster, WAIT is sent to the node owning the lease's slot; redis-py may
+        use another connection to it there, which makes the check weaker
+        (documented in docs/REDIS.md). Returns (script result, enough acks).
+        """
         if self._wait_replicas <= 0:
-            return True
+            return await self._call(script, keys, args), True
         try:
-            acked = await self._client.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+            if isinstance(self._client, RedisCluster):
+                res = await script(keys=keys, args=args)
+                node = self._client.get_node_from_key(self.keys.leader)
+                acked = await self._client.execute_command(
+                    "WAIT", self._wait_replicas, self._wait_timeout_ms, target_nodes=node
+                )
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    await script(keys=keys, args=args, client=pipe)
+                    pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+                    res, acked = await pipe.execute()
         except (*TRANSIENT_ERRORS, rexc.RedisError) as exc:
-            raise _store_error(exc, "redis WAIT") from exc
+            raise _store_error(exc) from exc
         if int(acked) < self._wait_replicas:
             log.warning(
                 "lease write acknowledged by too few replicas",
                 extra={"event": "lease_wait_short", "acked": int(acked), "wanted": self._wait_replicas},
             )
-            return False
-        return True
+            return res, False
+        return res, True
 
     async def try_acquire(self, identity: Identity, ttl_ms: int, acquired_at: str) -> AcquireResult:
-        res = await self._call(
+        res, replicated = await self._call_replicated(
             self._acquire,
             [self.keys.leader, self.keys.token],
             [ttl_ms, identity.replica_id, identity.host, identity.pid, acquired_at],
@@ -184,15 +203,15 @@ class RedisLeaseStore:
         if int(res[0]) != 1:
             return AcquireResult(False, holder=LeaseHolder.parse(res[1]), holder_pttl_ms=int(res[2]))
         value, token = _text(res[1]), int(_text(res[2]))
-        if not await self._replicated():
+        if not replicated:
             # Not safely held: give it back so nobody waits out a TTL for it.
             await self.release(value)
             return AcquireResult(False)
         return AcquireResult(True, value=value, token=token)
 
     async def renew(self, value: str, ttl_ms: int) -> bool:
-        ok = int(await self._call(self._renew, [self.keys.leader], [value, ttl_ms])) == 1
-        return ok and await self._replicated()
+        res, replicated = await self._call_replicated(self._renew, [self.keys.leader], [value, ttl_ms])
+        return int(res) == 1 and replicated
 
     async def release(self, value: str) -> bool:
         res = await self._call(self._release, [self.keys.leader], [value, self.keys.released_channel])

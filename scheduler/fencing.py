@@ -27,8 +27,8 @@ __all__ = ["FENCED_SET_LUA", "FENCED_UNLINK_LUA", "FENCED_XADD_LUA", "FENCE_CHEC
 # Leaves `fenced` true when the token is not the current lease's.
 FENCE_CHECK_LUA = """
 local fenced = true
-local held = redis.call('GET', KEYS[1])
-if held then
+local held = redis.pcall('GET', KEYS[1])  -- pcall: a leader key of another type fences, not errors
+if type(held) == 'string' then
   local ok, lease = pcall(cjson.decode, held)
   if ok and type(lease) == 'table' and tonumber(lease.fencing_token) == tonumber(ARGV[1]) then
     fenced = false

@@ -65,3 +65,16 @@ async def test_run_history_is_capped(redis_url: str, key_prefix: str) -> None:
     assert await client.llen(keys.runs("j")) == 3
     assert b'"n":4' in await client.hget(keys.job("j"), "last_run")
     await client.aclose()
+
+
+async def test_a_leader_key_of_another_type_fences_instead_of_erroring(redis_url: str, key_prefix: str) -> None:
+    from scheduler.fencing import Fence
+
+    client = aioredis.Redis.from_url(redis_url)
+    keys = Keyspace(key_prefix)
+    await client.hset(keys.leader, "not", "a lease")
+    fence = Fence(client, keys)
+    assert not await fence.set(1, keys.data("x"), "v")
+    assert await fence.unlink(1, [keys.data("x")]) is None
+    assert not (await SlotStore(client, keys).claim("j", T, 1, "a", None)).ok
+    await client.aclose()
