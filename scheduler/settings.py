@@ -157,6 +157,16 @@ class Settings(RedisConnectionSettings):
         for name in ("drain_timeout", "misfire_grace_time"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be positive")
+        if self.wait_replicas and self.wait_timeout_ms >= self.redis_socket_timeout * 1000:
+            raise ValueError(
+                f"LIGHTSCHED_WAIT_TIMEOUT_MS ({self.wait_timeout_ms}) must be below LIGHTSCHED_REDIS_SOCKET_TIMEOUT "
+                f"({self.redis_socket_timeout}s), or a WAIT for replicas counts as a lost connection"
+            )
+        if self.wait_replicas and self.wait_timeout_ms >= self.renew_deadline * 1000:
+            raise ValueError(
+                f"LIGHTSCHED_WAIT_TIMEOUT_MS ({self.wait_timeout_ms}) must be below LIGHTSCHED_RENEW_DEADLINE "
+                f"({self.renew_deadline}s)"
+            )
         if self.misfire_grace_time < self.lease_ttl + self.retry_period:
             raise ValueError(
                 f"LIGHTSCHED_MISFIRE_GRACE_TIME ({self.misfire_grace_time}s) must be at least "

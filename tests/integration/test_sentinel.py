@@ -104,9 +104,9 @@ async def test_leadership_survives_a_sentinel_failover(sentinel_set: SentinelSet
 
 
 async def test_wait_one_replica_refuses_an_unacknowledged_acquisition(sentinel_set: SentinelSet) -> None:
-    settings = sentinel_settings(sentinel_set, wait_replicas=1, wait_timeout_ms=2000)
+    settings = sentinel_settings(sentinel_set, wait_replicas=1, wait_timeout_ms=900)
     keys = Keyspace(settings.key_prefix)
-    store = RedisLeaseStore(make_client(settings, "lease"), keys, wait_replicas=1, wait_timeout_ms=2000)  # wide: a loaded machine
+    store = RedisLeaseStore(make_client(settings, "lease"), keys, wait_replicas=1, wait_timeout_ms=900)  # wide: a loaded machine
     me = Identity("r1", "test", 1)
     try:
         held = await store.try_acquire(me, 3000, "2026-01-01T00:00:00Z")

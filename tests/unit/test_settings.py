@@ -33,6 +33,7 @@ def test_defaults_follow_client_go() -> None:
         ({"LIGHTSCHED_MISFIRE_GRACE_TIME": "3"}, "LIGHTSCHED_MISFIRE_GRACE_TIME (3.0s) must be at least"),
         ({"LIGHTSCHED_JOB_SCHEDULES": "{nope"}, "LIGHTSCHED_JOB_SCHEDULES: "),
         ({"LIGHTSCHED_HTTP_PORT": "70000"}, "LIGHTSCHED_HTTP_PORT: "),
+        ({"LIGHTSCHED_WAIT_REPLICAS": "1", "LIGHTSCHED_WAIT_TIMEOUT_MS": "6000"}, "LIGHTSCHED_WAIT_TIMEOUT_MS (6000) must be below LIGHTSCHED_REDIS_SOCKET_TIMEOUT"),
     ],
 )
 def test_bad_settings_give_one_line_naming_the_setting(monkeypatch: pytest.MonkeyPatch, env: dict, message: str) -> None:
