@@ -3,6 +3,11 @@
 Each line: replica, token, slot (ms), start/end (epoch s), the outcome of a
 fenced write made during the run, and the token current in Redis right after
 that write (to check that accepted writes carried the current token).
+
+Opt-in for chaos tests (environment, read at import): `LIGHTSCHED_RECORDING_COALESCE=false`
+runs every missed slot instead of coalescing them; `LIGHTSCHED_RECORDING_AUDIT=1` also
+appends each run to a fenced stream `{prefix}:data:tick:audit` (the field `audit_id`
+of the line), whose entry order is Redis' own order of accepted writes.
 """
 
 from __future__ import annotations
@@ -32,13 +37,27 @@ def _interval() -> float:
     return float(os.environ.get("LIGHTSCHED_RECORDING_INTERVAL_S", "0.5"))
 
 
-@registry.job("tick", trigger=f"{_interval()}s", config=RecordingConfig, timeout=30)
+def _coalesce() -> bool:
+    return os.environ.get("LIGHTSCHED_RECORDING_COALESCE", "true").lower() not in ("0", "false", "no")
+
+
+def _audit() -> bool:
+    return os.environ.get("LIGHTSCHED_RECORDING_AUDIT", "0").lower() in ("1", "true", "yes")
+
+
+@registry.job("tick", trigger=f"{_interval()}s", config=RecordingConfig, timeout=30, coalesce=_coalesce())
 async def tick(ctx: JobContext) -> None:
     cfg: RecordingConfig = ctx.config
     start = time.time()
     await anyio.sleep(cfg.run_s)
     accepted = await ctx.fenced_set(ctx.key("last"), f"{ctx.fencing_token}:{ctx.scheduled_time.timestamp()}")
     current = await ctx.redis.get(ctx.keys.token)
+    audit_id = None
+    if _audit():
+        slot_ms = round(ctx.scheduled_time.timestamp() * 1000)
+        audit_id = await ctx.fenced_xadd(
+            ctx.key("audit"), {"token": ctx.fencing_token, "slot_ms": slot_ms, "replica": ctx.replica_id}, 100_000
+        )
     line = {
         "replica": ctx.replica_id,
         "token": ctx.fencing_token,
@@ -48,6 +67,7 @@ async def tick(ctx: JobContext) -> None:
         "fenced_write": accepted,
         "token_after_write": int(current) if current is not None else None,
         "pid": os.getpid(),
+        "audit_id": audit_id,
     }
     with open(Path(cfg.dir) / f"runs-{ctx.replica_id}.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps(line) + "\n")
