@@ -11,8 +11,9 @@ Guarantees:
 - A new leader continues each job from its last claimed slot (not from now):
   slots older than the misfire grace are counted as missed, the rest run,
   coalesced into one by default.
-- At most one run of a job at a time on a replica (APScheduler max_instances=1;
-  a cancelled thread-run keeps its instance until the thread returns).
+- At most one run of a job at a time on a replica: a slot that falls due while
+  the job still runs waits behind it (a cancelled thread-run holds its place
+  until the thread returns), then runs late, coalesces or counts as missed.
 - Graceful stop and handoff: stop starting runs, drain in-flight runs for up to
   `drain_timeout` while still renewing, then release the lease at once.
 
@@ -38,7 +39,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.base import BaseExecutor
 from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -106,42 +106,67 @@ class _GatedExecutor(BaseExecutor):
     """Hands due slots to the replica instead of running `job.func`.
 
     `_do_submit_job` is APScheduler 3's executor extension point, the only
-    place that sees the scheduled fire times.
+    place that sees the scheduled fire times. `submit_job` is overridden so a
+    slot that falls due while the job's previous submission still runs is
+    queued behind it (and then runs late, coalesces or counts as missed by the
+    usual rules) instead of being dropped by APScheduler's max-instances check.
+    At most one task per job runs at a time.
     """
 
-    def __init__(self, submit: Callable[[str, list[datetime]], Awaitable[None]]) -> None:
+    #: Slots queued behind a running submission, per job, before the oldest are dropped (and counted missed).
+    MAX_PENDING = 1000
+
+    def __init__(
+        self,
+        submit: Callable[[str, list[datetime]], Awaitable[None]],
+        on_dropped: Callable[[str, list[datetime]], None],
+    ) -> None:
         super().__init__()
         self._submit = submit
-        self.tasks: set[asyncio.Task[None]] = set()
+        self._on_dropped = on_dropped
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._pending: dict[str, list[datetime]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, scheduler: Any, alias: str) -> None:
         super().start(scheduler, alias)
         self._loop = scheduler._eventloop
 
+    def submit_job(self, job: Job, run_times: list[datetime]) -> None:
+        if job.id in self.tasks:
+            pending = self._pending.setdefault(job.id, [])
+            pending.extend(run_times)
+            if len(pending) > self.MAX_PENDING:
+                dropped = pending[: len(pending) - self.MAX_PENDING]
+                del pending[: len(dropped)]
+                self._on_dropped(job.id, dropped)
+            return
+        self._do_submit_job(job, run_times)
+
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
         assert self._loop is not None
-        task = self._loop.create_task(self._submit(job.id, list(run_times)), name=f"lightsched-run:{job.id}")
-        self.tasks.add(task)
-        task.add_done_callback(functools.partial(self._done, job.id))
+        self.tasks[job.id] = self._loop.create_task(self._drain(job.id, list(run_times)), name=f"lightsched-run:{job.id}")
 
-    def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            assert exc is not None
-            self._run_job_error(job_id, exc, exc.__traceback__)
-        else:
-            self._run_job_success(job_id, [])
+    async def _drain(self, job_id: str, run_times: list[datetime]) -> None:
+        try:
+            while run_times:
+                await self._submit(job_id, run_times)
+                run_times = self._pending.pop(job_id, [])
+        except Exception:
+            self._logger.exception("running job %s failed in the runtime", job_id)
+        finally:
+            self.tasks.pop(job_id, None)
+            self._pending.pop(job_id, None)
 
     def cancel_all(self) -> int:
-        for task in self.tasks:
+        self._pending.clear()
+        for task in self.tasks.values():
             task.cancel()
         return len(self.tasks)
 
     async def wait_idle(self) -> None:
         while self.tasks:
-            await asyncio.wait(list(self.tasks))
+            await asyncio.wait(list(self.tasks.values()))
 
 
 class _TimedStore:
@@ -193,7 +218,7 @@ class Replica:
         self.slots: SlotStore | None = None
         self._lease_client: Any = None
         self._scheduler: AsyncIOScheduler | None = None
-        self._executor = _GatedExecutor(self._run_due)
+        self._executor = _GatedExecutor(self._run_due, self._on_dropped)
         self._triggers: dict[str, BaseTrigger] = {s.id: schedule_trigger(s.trigger) for s in self.registry}
         self._control_send: Any = None
         self._control_recv: Any = None
@@ -305,7 +330,6 @@ class Replica:
             job_defaults={"coalesce": False, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
         )
-        self._scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
         for spec in self.registry:
             if spec.enabled:
                 self._scheduler.add_job(
@@ -370,12 +394,11 @@ class Replica:
             case RenewFailed(error=error):
                 t.renew_failed(error)
 
-    def _on_max_instances(self, event: JobSubmissionEvent) -> None:
-        self.telemetry.slots_missed(event.job_id, len(event.scheduled_run_times))
+    def _on_dropped(self, job_id: str, slots: list[datetime]) -> None:
+        self.telemetry.slots_missed(job_id, len(slots))
         log.warning(
-            "slot skipped: the previous run of this job is still going",
-            extra={"event": "slot_missed", "job_id": event.job_id, "cause": "still_running",
-                   "slots": [t.isoformat() for t in event.scheduled_run_times]},
+            "slots dropped: too many queued behind a run that is still going",
+            extra={"event": "slot_missed", "job_id": job_id, "cause": "still_running", "count": len(slots)},
         )
 
     async def _control(self) -> None:
