@@ -15,7 +15,9 @@ import argparse
 import json
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.triggers.interval import IntervalTrigger
 
 import anyio
 import psutil
@@ -23,6 +25,9 @@ import psutil
 from scheduler import JobContext, JobRegistry
 from scheduler.runtime import Replica
 from scheduler.settings import load_settings
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -37,7 +42,7 @@ def percentiles(values: list[float]) -> dict[str, float]:
             "mean": round(sum(v) / len(v), 3)}
 
 
-async def measure(url: str, jobs: int, seconds: float, interval_s: float, warmup_s: float) -> dict[str, object]:
+async def measure(url: str, jobs: int, seconds: float, interval_s: float, warmup_s: float, phase: str = "spread") -> dict[str, object]:
     from observability.tracing import setup_tracing
 
     tracing = setup_tracing("bench")
@@ -48,7 +53,10 @@ async def measure(url: str, jobs: int, seconds: float, interval_s: float, warmup
         samples.append((time.monotonic(), (datetime.now(UTC) - ctx.scheduled_time).total_seconds() * 1000))
 
     for i in range(jobs):
-        registry.add(f"j{i:05d}", noop, trigger=f"{interval_s}s")
+        # "spread": job i fires at phase i/N of the interval, as jobs registered at different
+        # times do; "aligned": every job fires at the same instant (the worst case).
+        offset = timedelta(seconds=interval_s * i / jobs) if phase == "spread" else timedelta(0)
+        registry.add(f"j{i:05d}", noop, trigger=IntervalTrigger(seconds=interval_s, start_date=EPOCH + offset, timezone=UTC))
     settings = load_settings(redis_url=url, key_prefix=f"bench{uuid.uuid4().hex[:8]}", replica_id="bench",
                              lease_ttl=15, renew_deadline=10, retry_period=2, http_port=0,
                              misfire_grace_time=60, run_history=1)
@@ -70,7 +78,7 @@ async def measure(url: str, jobs: int, seconds: float, interval_s: float, warmup
     tracing.shutdown()
     window = [ms for t, ms in samples if t >= start + warmup_s and t <= start + warmup_s + seconds]
     runs = n1 - n0
-    return {"jobs": jobs, "interval_s": interval_s, "seconds": seconds, "runs": runs,
+    return {"jobs": jobs, "phase": phase, "interval_s": interval_s, "seconds": seconds, "runs": runs,
             "expected_runs": round(jobs * seconds / interval_s), "lateness_ms": percentiles(window),
             "cpu_s_per_1000_runs": round((cpu1 - cpu0) / runs * 1000, 4) if runs else None}
 
@@ -82,8 +90,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6)
     ap.add_argument("--warmup-s", type=float, default=2.5)
     ap.add_argument("--interval-s", type=float, default=1.0)
+    ap.add_argument("--phase", choices=("spread", "aligned"), default="spread")
     a = ap.parse_args()
-    print(json.dumps(anyio.run(measure, a.url, a.jobs, a.seconds, a.interval_s, a.warmup_s)))
+    print(json.dumps(anyio.run(measure, a.url, a.jobs, a.seconds, a.interval_s, a.warmup_s, a.phase)))
 
 
 if __name__ == "__main__":
