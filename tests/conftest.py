@@ -52,3 +52,13 @@ def redis_url(_shared_redis: str) -> str:
 @pytest.fixture
 def key_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_per_test() -> Iterator[None]:
+    """Collect garbage after each test, so an unclosed socket or stream is reported
+    (filterwarnings=error) against the test that leaked it, not a later one."""
+    yield
+    import gc
+
+    gc.collect()

@@ -125,7 +125,9 @@ async def test_100k_keys_exact_and_memory_bounded_by_batch(redis_server: ServerL
     _, peak_small = await scenario(redis_server.url, key_prefix + "s", 10_000, scan_count)
     _, peak_large = await scenario(redis_server.url, key_prefix + "l", 100_000, scan_count)
     # Ten times the keys, about the same peak: memory follows the batch, not the keyspace.
-    assert peak_large < 2 * peak_small + 256 * 1024, (peak_small, peak_large)
+    # (A peak that followed the keyspace would be ~10x; the margin absorbs a reconnect's
+    # buffers on a loaded machine.)
+    assert peak_large < 3 * peak_small + 512 * 1024, (peak_small, peak_large)
     # And small in itself: about 2 KiB per key of a batch plus a fixed 1 MiB (measured: ~0.5 MiB).
     assert peak_large < scan_count * 2048 + 1024 * 1024, peak_large
 
