@@ -633,7 +633,7 @@ def summary(res: dict[str, Any]) -> None:
     m = res["machine"]
     print(f"machine: {m['nproc']} x {m['cpu']}, Python {m['python']}, {m['redis']}")
     for t in res["targets"]:
-        mark = "MET " if t["met"] else "MISS"
+        mark = "INFO" if t["met"] is None else ("MET " if t["met"] else "MISS")
         print(f"  [{mark}] {t['target']}: {t['value']} (target {t['limit']})")
     for key in res:
         if key.endswith("_error"):

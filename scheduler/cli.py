@@ -18,8 +18,6 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import anyio
 import typer
 from redis.exceptions import RedisError
-from rich.console import Console
-from rich.table import Table
 
 from .registry import JobDefinitionError, JobRegistry
 from .settings import Settings, SettingsError, load_settings
@@ -31,8 +29,17 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Any:
+    """A rich console, imported only by the commands that print tables (a replica never does)."""
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def _say_err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,13 +63,13 @@ def _one_line_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except CliExit as exc:
-            err.print(f"lightsched: {exc}", markup=False, highlight=False)
+            _say_err(f"lightsched: {exc}")
             raise typer.Exit(exc.code) from None
         except SettingsError as exc:
-            err.print(f"lightsched: bad setting: {exc}", markup=False, highlight=False)
+            _say_err(f"lightsched: bad setting: {exc}")
             raise typer.Exit(2) from None
         except (JobDefinitionError, LookupError, ImportError) as exc:
-            err.print(f"lightsched: {exc}", markup=False, highlight=False)
+            _say_err(f"lightsched: {exc}")
             raise typer.Exit(2) from None
         except (RedisError, OSError, TimeoutError) as exc:
             from .errors import describe_redis_error
@@ -71,7 +78,7 @@ def _one_line_errors(func: F) -> F:
                 settings = load_settings()
             except SettingsError:
                 settings = None
-            err.print(f"lightsched: {describe_redis_error(exc, settings)}", markup=False, highlight=False)
+            _say_err(f"lightsched: {describe_redis_error(exc, settings)}")
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -112,11 +119,7 @@ async def _check_redis(settings: Settings) -> None:
     except (RedisError, OSError, TimeoutError) as exc:
         from .errors import describe_redis_error
 
-        err.print(
-            f"lightsched: warning: {describe_redis_error(exc, settings)}; will keep trying",
-            markup=False,
-            highlight=False,
-        )
+        _say_err(f"lightsched: warning: {describe_redis_error(exc, settings)}; will keep trying")
     finally:
         await client.aclose()
 
@@ -175,6 +178,9 @@ def status(json_out: Annotated[bool, typer.Option("--json", help="print the stab
     if json_out:
         print(json.dumps(cluster.stable_json(), indent=2))
         return
+    from rich.table import Table
+
+    out = _console()
     now = datetime.now(UTC)
     leader = cluster.leader
     if leader is None:
@@ -212,6 +218,9 @@ def jobs_cmd(
 
     settings = _settings(jobs=jobs)
     registry = load_registry(settings.jobs).configured(settings.job_schedules, settings.disabled_jobs)
+    from rich.table import Table
+
+    out = _console()
     now = datetime.now(UTC)
     table = Table("job", "trigger", "next fire time", "enabled", "schedule from")
     for spec in registry:
@@ -270,7 +279,7 @@ def run_job(
         tracing.shutdown()
     if record["status"] != "success":
         _fail(1, f"job {job_id!r} {record['status']}: {record.get('error') or ''}".rstrip(": "))
-    out.print(f"job {job_id!r} succeeded in {record['duration_ms']:.0f} ms", highlight=False)
+    print(f"job {job_id!r} succeeded in {record['duration_ms']:.0f} ms")
 
 
 @app.command()
@@ -284,7 +293,7 @@ def handoff(
     """Ask the current leader to hand off gracefully; return when another replica leads."""
     settings = _settings()
     message = anyio.run(_handoff, settings, if_replica, timeout)
-    out.print(message, highlight=False)
+    print(message)
 
 
 async def _handoff(settings: Settings, if_replica: str | None, timeout_s: float) -> str:
