@@ -41,6 +41,8 @@ import psutil
 
 from scheduler.devredis import RedisProcess, free_port
 
+from tests.support.replicas import wait_for
+
 from .lateness import percentiles
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,15 +81,6 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for(cond: Callable[[], Any], timeout_s: float, interval_s: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"benchmark condition not met within {timeout_s}s")
-        time.sleep(interval_s)
 
 
 def tree_memory(pids: list[int]) -> dict[str, float]:

@@ -346,6 +346,14 @@ def _tls_kwargs(conn: RedisConnectionSettings) -> dict[str, Any]:
     return kwargs
 
 
+try:  # redis-py >= 7: driver_info replaces the deprecated lib_name/lib_version
+    from redis.driver_info import DriverInfo
+
+    _NO_LIB_INFO: dict[str, Any] = {"driver_info": DriverInfo(name=None, lib_version=None)}
+except ImportError:  # pragma: no cover - older redis-py
+    _NO_LIB_INFO = {"lib_name": None, "lib_version": None}
+
+
 def _common_kwargs(conn: RedisConnectionSettings, purpose: ClientPurpose) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "socket_timeout": conn.redis_socket_timeout,
@@ -353,6 +361,9 @@ def _common_kwargs(conn: RedisConnectionSettings, purpose: ClientPurpose) -> dic
         "client_name": f"lightsched-{purpose}",
         "health_check_interval": 0,
         "retry": _retry(purpose),
+        # No CLIENT SETINFO on connect: Redis < 7.2 does not know it, and a least-privilege
+        # ACL user would log a denial for it on every connection (the client name suffices).
+        **_NO_LIB_INFO,
     }
     if conn.redis_username:
         kwargs["username"] = conn.redis_username
@@ -454,7 +465,8 @@ def least_privilege_acl(
     if not username or any(c.isspace() for c in username):
         raise ValueError(f"ACL user name {username!r} must be non-empty, without spaces")
     base = "{" + prefix + "}"
-    tokens = [username, "reset", "on", f"~{base}:*"]
+    # resetchannels: Redis 6.2's `reset` leaves the acl-pubsub-default (allchannels) in place.
+    tokens = [username, "reset", "resetchannels", "on", f"~{base}:*"]
     tokens += [f"~{p}" for p in extra_key_patterns]
     tokens += [f"&{base}:*", "-@all"]
     tokens += [f"+{c}" for c in SCHEDULER_COMMANDS]

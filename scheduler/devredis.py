@@ -122,7 +122,11 @@ class RedisProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {(err or log).strip()[-500:]}")
+                code = self.proc.returncode
+                if self.proc.stderr:
+                    self.proc.stderr.close()
+                self.proc = None
+                raise RuntimeError(f"redis-server exited with {code}: {(err or log).strip()[-500:]}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")

