@@ -296,6 +296,10 @@ def handoff(
     print(message)
 
 
+#: How long `handoff` keeps asking when no leader hears the request.
+HANDOFF_UNHEARD_RETRY_S = 6.0
+
+
 async def _handoff(settings: Settings, if_replica: str | None, timeout_s: float) -> str:
     from leader import RedisLeaseStore
 
@@ -312,7 +316,12 @@ async def _handoff(settings: Settings, if_replica: str | None, timeout_s: float)
             _fail(1, "no leader to hand off" if holder is None else "the leader key is not a lightsched lease")
         if if_replica is not None and holder.replica_id != if_replica:
             return f"{if_replica} does not lead ({holder.replica_id} does); nothing to do"
-        heard = await store.request_handoff(holder.fencing_token)
+        # A leader's listener may be resubscribing (after a Redis restart it backs off up to
+        # 5 s): ask again for a while before saying nobody heard.
+        heard = 0
+        with anyio.move_on_after(min(timeout_s, HANDOFF_UNHEARD_RETRY_S)):
+            while (heard := await store.request_handoff(holder.fencing_token)) == 0:
+                await anyio.sleep(0.25)
         if heard == 0:
             _fail(1, f"leader {holder.replica_id} (token {holder.fencing_token}) is not listening; it keeps the lease")
         with anyio.move_on_after(timeout_s):
