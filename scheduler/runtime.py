@@ -133,7 +133,8 @@ class _GatedExecutor(BaseExecutor):
         self._loop = scheduler._eventloop
 
     def submit_job(self, job: Job, run_times: list[datetime]) -> None:
-        if job.id in self.tasks:
+        running = self.tasks.get(job.id)
+        if running is not None and not running.done():
             pending = self._pending.setdefault(job.id, [])
             pending.extend(run_times)
             if len(pending) > self.MAX_PENDING:
@@ -145,18 +146,24 @@ class _GatedExecutor(BaseExecutor):
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
         assert self._loop is not None
-        self.tasks[job.id] = self._loop.create_task(self._drain(job.id, list(run_times)), name=f"lightsched-run:{job.id}")
+        task = self._loop.create_task(self._drain(job.id, list(run_times)), name=f"lightsched-run:{job.id}")
+        self.tasks[job.id] = task
+        # A done-callback, not a `finally` in `_drain`: a task cancelled before its first step
+        # never runs its coroutine, and its entry must go all the same.
+        task.add_done_callback(functools.partial(self._done, job.id))
 
     async def _drain(self, job_id: str, run_times: list[datetime]) -> None:
-        try:
-            while run_times:
-                await self._submit(job_id, run_times)
-                run_times = self._pending.pop(job_id, [])
-        except Exception:
-            self._logger.exception("running job %s failed in the runtime", job_id)
-        finally:
-            self.tasks.pop(job_id, None)
+        while run_times:
+            await self._submit(job_id, run_times)
+            run_times = self._pending.pop(job_id, [])
+
+    def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self.tasks.get(job_id) is task:
+            del self.tasks[job_id]
             self._pending.pop(job_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self._logger.error("running job %s failed in the runtime", job_id, exc_info=(type(exc), exc, exc.__traceback__))
 
     def cancel_all(self) -> int:
         self._pending.clear()
@@ -165,8 +172,8 @@ class _GatedExecutor(BaseExecutor):
         return len(self.tasks)
 
     async def wait_idle(self) -> None:
-        while self.tasks:
-            await asyncio.wait(list(self.tasks.values()))
+        while live := [t for t in self.tasks.values() if not t.done()]:
+            await asyncio.wait(live)
 
 
 class _TimedStore:
@@ -322,7 +329,7 @@ class Replica:
         store = RedisLeaseStore(self._lease_client, self.keys, wait_replicas=s.wait_replicas, wait_timeout_ms=s.wait_timeout_ms)
         self.elector = Elector(_TimedStore(store, self.telemetry.renew_succeeded, self.clock), self.identity, s.timings, clock=self.clock)  # type: ignore[arg-type]
         self.elector.subscribe(self._on_election_event)
-        self.slots = SlotStore(self.redis, self.keys, s.run_history)
+        self.slots = SlotStore(self.redis, self.keys, s.run_history, timeout_s=2 * s.redis_socket_timeout)
         self._control_send, self._control_recv = anyio.create_memory_object_stream[tuple[str, LeaseTerm]](16)
         self._scheduler = AsyncIOScheduler(
             event_loop=loop,
@@ -523,12 +530,16 @@ class Replica:
         trigger = self._triggers[spec.id]
         next_slot = trigger.get_next_fire_time(slot, slot)
         try:
-            claim = await self.slots.claim(spec.id, slot, term.token, self.settings.replica_id, next_slot)
-        except RedisError as exc:
+            # A claim that lands after this term's deadline is worthless: wait no longer than that
+            # (a dead connection would otherwise hold the job for the client's retries).
+            with anyio.fail_after(max(0.05, term.time_left_s(self.clock.monotonic()))):
+                claim = await self.slots.claim(spec.id, slot, term.token, self.settings.replica_id, next_slot)
+        except (RedisError, TimeoutError) as exc:
             self.telemetry.slots_missed(spec.id, 1)
             log.warning(
                 "slot missed: could not claim it",
-                extra={"event": "slot_missed", "job_id": spec.id, "slot": slot.isoformat(), "cause": "redis", "error": str(exc)},
+                extra={"event": "slot_missed", "job_id": spec.id, "slot": slot.isoformat(), "cause": "redis",
+                       "error": str(exc) or type(exc).__name__},
             )
             return True
         if not claim.ok:

@@ -27,6 +27,7 @@ from apscheduler.triggers.base import BaseTrigger
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .fencing import FENCE_CHECK_LUA
 from .keys import Keyspace
@@ -174,8 +175,9 @@ class ScriptBatcher:
 
     MAX_BATCH = 500
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis, timeout_s: float = 10.0) -> None:
         self._client = client
+        self._timeout_s = timeout_s
         self._direct = isinstance(client, RedisCluster)
         self._queue: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -199,18 +201,22 @@ class ScriptBatcher:
 
     async def _flush(self, batch: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]]) -> None:
         try:
-            if len(batch) == 1:  # alone: a plain EVALSHA, no pipeline (which checks SCRIPT EXISTS first)
-                script, keys, args, _ = batch[0]
-                try:
-                    results = [await script(keys=keys, args=args)]
-                except RedisError as exc:
-                    results = [exc]
-            else:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for script, keys, args, _ in batch:
-                        await script(keys=keys, args=args, client=pipe)
-                    results = await pipe.execute(raise_on_error=False)
+            # Bounded: a caller must never wait on a batch forever, whatever the connection does.
+            async with asyncio.timeout(self._timeout_s):
+                if len(batch) == 1:  # alone: a plain EVALSHA, no pipeline (which checks SCRIPT EXISTS first)
+                    script, keys, args, _ = batch[0]
+                    try:
+                        results = [await script(keys=keys, args=args)]
+                    except RedisError as exc:
+                        results = [exc]
+                else:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for script, keys, args, _ in batch:
+                            await script(keys=keys, args=args, client=pipe)
+                        results = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
+            if isinstance(exc, TimeoutError):
+                exc = RedisTimeoutError(f"no answer from Redis within {self._timeout_s:g}s")
             for *_, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc if isinstance(exc, Exception) else ConnectionError("batch cancelled"))
@@ -229,11 +235,11 @@ class ScriptBatcher:
 class SlotStore:
     """Slot claims, run records and resume points in Redis."""
 
-    def __init__(self, client: Redis, keys: Keyspace, history: int = 50) -> None:
+    def __init__(self, client: Redis, keys: Keyspace, history: int = 50, timeout_s: float = 10.0) -> None:
         self._client = client
         self.keys = keys
         self.history = history
-        self._batch = ScriptBatcher(client)
+        self._batch = ScriptBatcher(client, timeout_s)
         self._claim = client.register_script(CLAIM_SLOT_LUA)
         self._record = client.register_script(RECORD_RUN_LUA)
         self._set_next = client.register_script(SET_NEXT_LUA)

@@ -177,3 +177,26 @@ async def test_losing_the_lease_cancels_the_inflight_run(redis_url: str, key_pre
         assert not rep.is_leader
         assert rep._last_records["stuck"]["status"] == "cancelled"
     await client.aclose()
+
+
+async def test_a_run_cancelled_before_it_starts_does_not_block_the_job() -> None:
+    """Losing leadership in the same loop turn as a submission (a frozen process waking up)
+    cancels a task before its first step; the job must still run when submitted again."""
+    from types import SimpleNamespace
+
+    from scheduler.runtime import _GatedExecutor
+
+    ran: list[str] = []
+
+    async def submit(job_id: str, run_times: list[datetime]) -> None:
+        ran.append(job_id)
+
+    executor = _GatedExecutor(submit, lambda job_id, slots: None)
+    executor._loop = __import__("asyncio").get_running_loop()
+    job = SimpleNamespace(id="j")
+    executor.submit_job(job, [datetime.now(UTC)])  # type: ignore[arg-type]
+    assert executor.cancel_all() == 1  # before the task's first step
+    await wait_until(lambda: not executor.tasks, timeout_s=5, what="the cancelled task to go")
+    assert ran == []
+    executor.submit_job(job, [datetime.now(UTC)])  # type: ignore[arg-type]
+    await wait_until(lambda: ran == ["j"], timeout_s=5, what="the next submission to run")
