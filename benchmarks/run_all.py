@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,36 +83,35 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 
-def tree_memory(pids: list[int]) -> dict[str, float]:
-    pss = rss = 0
+def _tree(pids: list[int]) -> Iterator[psutil.Process]:
+    """The processes and all their descendants that still exist."""
     for pid in pids:
         try:
-            procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+            yield from (psutil.Process(pid), *psutil.Process(pid).children(recursive=True))
         except psutil.NoSuchProcess:
             continue
-        for p in procs:
-            try:
-                info = p.memory_full_info()
-            except psutil.NoSuchProcess:
-                continue
-            pss += info.pss
-            rss += info.rss
+
+
+def tree_memory(pids: list[int]) -> dict[str, float]:
+    pss = rss = 0
+    for p in _tree(pids):
+        try:
+            info = p.memory_full_info()
+        except psutil.NoSuchProcess:
+            continue
+        pss += info.pss
+        rss += info.rss
     return {"pss_mib": round(pss / MIB, 1), "rss_mib": round(rss / MIB, 1)}
 
 
 def tree_cpu_s(pids: list[int]) -> float:
     total = 0.0
-    for pid in pids:
+    for p in _tree(pids):
         try:
-            procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+            t = p.cpu_times()
         except psutil.NoSuchProcess:
             continue
-        for p in procs:
-            try:
-                t = p.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += t.user + t.system
+        total += t.user + t.system
     return round(total, 3)
 
 

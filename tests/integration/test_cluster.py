@@ -24,7 +24,8 @@ from scheduler.errors import describe_redis_error
 from scheduler.keys import Keyspace
 from scheduler.settings import Settings
 from tests.support.redis_servers import redis_binary, redis_cli
-from tests.support.topologies import ClusterSet, ElectorFleet
+from tests.support.topologies import FAST_TIMINGS, ClusterSet, ElectorFleet
+from tests.support.waiting import wait_until
 
 pytestmark = [
     pytest.mark.anyio,
@@ -62,20 +63,8 @@ def cluster_settings(topo: ClusterSet) -> Settings:
     return Settings(
         redis_cluster_nodes=topo.seeds,
         key_prefix=f"t{uuid.uuid4().hex[:10]}",
-        lease_ttl=3.0,
-        renew_deadline=2.0,
-        retry_period=0.5,
-        misfire_grace_time=10.0,
-        redis_socket_timeout=1.0,
+        **FAST_TIMINGS,
     )
-
-
-async def wait_for(cond: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout_s}s")
-        await anyio.sleep(0.02)
 
 
 async def test_electors_follow_a_slot_move(cluster: ClusterSet) -> None:
@@ -87,7 +76,7 @@ async def test_electors_follow_a_slot_move(cluster: ClusterSet) -> None:
     assert isinstance(fleet.members[0].clients[0], NamingRedisCluster)
     async with anyio.create_task_group() as tg:
         await tg.start(fleet.run)
-        await wait_for(lambda: fleet.leader() is not None and len(fleet.all_claims()) >= 3, 15, "a leader claiming")
+        await wait_until(lambda: fleet.leader() is not None and len(fleet.all_claims()) >= 3, 15, "a leader claiming")
         src = cluster.owner_port(slot)
         dst = next(n.port for n in cluster.nodes if n.port != src)
         tokens_before = fleet.max_token()
@@ -97,7 +86,7 @@ async def test_electors_follow_a_slot_move(cluster: ClusterSet) -> None:
         assert moved >= 3  # leader, token, the job hash at least
         assert all(cluster.owner_port(slot, via=n.port) == dst for n in cluster.nodes)
 
-        await wait_for(
+        await wait_until(
             lambda: len([c for c in fleet.all_claims() if c.at_mono > moved_at]) >= 5 and fleet.leader() is not None,
             20,
             "slot claims after the move",
@@ -119,7 +108,7 @@ async def test_leadership_survives_a_cluster_master_failover(cluster_with_replic
     fleet = ElectorFleet(settings, n=2)
     async with anyio.create_task_group() as tg:
         await tg.start(fleet.run)
-        await wait_for(lambda: fleet.leader() is not None and len(fleet.all_claims()) >= 3, 15, "a leader claiming")
+        await wait_until(lambda: fleet.leader() is not None and len(fleet.all_claims()) >= 3, 15, "a leader claiming")
         master = cluster.owner_port(slot)
         replica = cluster.replica_of(master)
         cluster.node(master).kill()
@@ -131,8 +120,8 @@ async def test_leadership_survives_a_cluster_master_failover(cluster_with_replic
             except LookupError:
                 return False
 
-        await wait_for(promoted, 30, "the replica's promotion")
-        await wait_for(
+        await wait_until(promoted, 30, "the replica's promotion")
+        await wait_until(
             lambda: len([c for c in fleet.all_claims() if c.at_mono > killed_at]) >= 5 and fleet.leader() is not None,
             25,
             "slot claims after the failover",

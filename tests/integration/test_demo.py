@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 
 from scheduler import devredis
 from scheduler.demo import run_demo
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,16 +83,6 @@ def start_demo(args: list[str], env: dict[str, str]) -> DemoRun:
     run.reader = threading.Thread(target=pump, daemon=True, name="demo-output")
     run.reader.start()
     return run
-
-
-def wait_for(cond, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def base_env() -> dict[str, str]:

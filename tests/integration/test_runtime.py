@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +17,7 @@ from scheduler import JobContext, JobRegistry
 from scheduler.embed import run_scheduler
 from scheduler.runtime import Replica
 from scheduler.settings import load_settings
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -28,13 +28,6 @@ def make(redis_url: str, prefix: str, registry: JobRegistry, name: str, **overri
         retry_period=0.3, misfire_grace_time=10, http_port=0, drain_timeout=5, **overrides,
     )
     return Replica(settings, registry, telemetry=Telemetry(name, registry=CollectorRegistry()))
-
-
-async def wait_until(cond: Callable[[], Any], timeout_s: float = 20, what: str = "condition") -> Any:
-    with anyio.fail_after(timeout_s):
-        while not (value := cond()):
-            await anyio.sleep(0.02)
-    return value
 
 
 async def test_only_the_leader_runs_and_slots_are_the_trigger_grid(redis_url: str, key_prefix: str) -> None:

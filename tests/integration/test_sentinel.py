@@ -23,7 +23,8 @@ from scheduler.errors import describe_redis_error
 from scheduler.keys import Keyspace
 from scheduler.settings import Settings
 from tests.support.redis_servers import redis_binary
-from tests.support.topologies import ElectorFleet, SentinelSet
+from tests.support.topologies import FAST_TIMINGS, ElectorFleet, SentinelSet
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -48,21 +49,8 @@ def sentinel_settings(topo: SentinelSet, **extra: object) -> Settings:
         redis_sentinel_master=topo.name,
         redis_sentinel_password=SENTINEL_PASSWORD,
         key_prefix=f"t{uuid.uuid4().hex[:10]}",
-        lease_ttl=3.0,
-        renew_deadline=2.0,
-        retry_period=0.5,
-        misfire_grace_time=10.0,
-        redis_socket_timeout=1.0,
-        **extra,
+        **{**FAST_TIMINGS, **extra},
     )
-
-
-async def wait_for(cond: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout_s}s")
-        await anyio.sleep(0.02)
 
 
 async def test_leadership_survives_a_sentinel_failover(sentinel_set: SentinelSet) -> None:
@@ -70,7 +58,7 @@ async def test_leadership_survives_a_sentinel_failover(sentinel_set: SentinelSet
     fleet = ElectorFleet(settings, n=3)
     async with anyio.create_task_group() as tg:
         await tg.start(fleet.run)
-        await wait_for(lambda: fleet.leader() is not None and len(fleet.all_claims()) >= 3, 15, "a leader claiming")
+        await wait_until(lambda: fleet.leader() is not None and len(fleet.all_claims()) >= 3, 15, "a leader claiming")
         first = fleet.leader()
         assert first is not None
         old_port = sentinel_set.master.port
@@ -82,12 +70,12 @@ async def test_leadership_survives_a_sentinel_failover(sentinel_set: SentinelSet
         assert new_port == sentinel_set.replica.port
 
         # Leadership continues on the promoted replica: new claims land there.
-        await wait_for(
+        await wait_until(
             lambda: any(c.at_mono > killed_at for c in fleet.all_claims()) and fleet.leader() is not None,
             20,
             "slot claims after the failover",
         )
-        await wait_for(lambda: len([c for c in fleet.all_claims() if c.at_mono > killed_at]) >= 5, 10, "5 claims")
+        await wait_until(lambda: len([c for c in fleet.all_claims() if c.at_mono > killed_at]) >= 5, 10, "5 claims")
         tg.cancel_scope.cancel()
 
     fleet.check_safety()

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,19 +18,11 @@ from typing import Any
 import redis
 
 from scheduler.devredis import free_port
+from tests.support.waiting import wait_for
+
+__all__ = ["REPO", "Fleet", "ReplicaProc", "wait_for"]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_for(cond: Callable[[], Any], timeout_s: float, interval_s: float = 0.02, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
 
 
 class ReplicaProc:

@@ -34,6 +34,12 @@ __all__ = ["ClusterSet", "SentinelProcess", "SentinelSet", "TlsFiles", "TlsRedis
 MASTER_NAME = "lsmaster"
 
 
+#: Lease timings for topology tests: failovers happen within seconds.
+FAST_TIMINGS: dict[str, float] = {
+    "lease_ttl": 3.0, "renew_deadline": 2.0, "retry_period": 0.5, "misfire_grace_time": 10.0, "redis_socket_timeout": 1.0,
+}
+
+
 def wait_until(cond: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
     """Poll `cond` until truthy (returned); TimeoutError naming `what` after `timeout_s`."""
     deadline = time.monotonic() + timeout_s

@@ -25,6 +25,7 @@ from scheduler import docs_config
 from scheduler.docs_config import END, START, ConfigTableMissing, config_table, render_model, replace_table
 from scheduler.embed import create_replica, run_scheduler
 from scheduler.settings import Settings, _default_replica_id
+from tests.support.waiting import wait_until
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 TESTED_BLOCKS = {"embed", "job"}
@@ -49,16 +50,6 @@ def run_block(name: str) -> dict[str, Any]:
     namespace: dict[str, Any] = {"__name__": f"readme_{name}"}
     exec(compile(block(name), f"README.md[{name}]", "exec"), namespace)
     return namespace
-
-
-async def wait_until(cond: Any, timeout_s: float, what: str) -> Any:
-    with anyio.fail_after(timeout_s):
-        while True:
-            value = await cond()
-            if value:
-                return value
-            await anyio.sleep(0.05)
-    raise AssertionError(what)  # pragma: no cover (fail_after raises first)
 
 
 # -- the configuration table ------------------------------------------------------
