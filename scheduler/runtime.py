@@ -42,6 +42,7 @@ import anyio
 from apscheduler.executors.base import BaseExecutor
 from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from redis.exceptions import RedisError
@@ -308,7 +309,7 @@ class Replica:
             replica_id=self.settings.replica_id,
             enabled=self.settings.enabled,
             scheduler_running=bool(
-                self._scheduler is not None and self._scheduler.running and self._scheduler.state == 1 and term
+                self._scheduler is not None and self._scheduler.running and self._scheduler.state == STATE_RUNNING and term
             ),
             term=term,
             now_mono=self.clock.monotonic(),

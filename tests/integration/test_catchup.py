@@ -11,7 +11,6 @@ from scheduler import JobContext, JobRegistry
 from scheduler.keys import Keyspace
 from scheduler.runtime import Replica
 from scheduler.settings import load_settings
-from tests.support.replicas import wait_for
 
 
 @pytest.mark.anyio
