@@ -8,9 +8,10 @@ Layout under the deployment prefix (`ctx.key(...)` = `{prefix}:data:<job>:...`):
                     transition is seen even after `latest` expired;
   `transitions`     hash `<name>:<state>` -> transitions into that state.
 
-Guarantees: every write is fenced: a run whose token is no longer current
+Guarantees: every write is fenced: a run whose lease is no longer current
 changes nothing and gets `FencedOut`. A state change and its counter are
-updated in one script, so a transition is counted exactly once.
+updated in one script, so a transition is counted exactly once, also when
+the command is re-sent after a lost reply.
 Does not guarantee: that `latest` and `history` land together (two scripts;
 a run fenced out between them leaves only `latest`).
 """
@@ -18,14 +19,14 @@ a run fenced out between them leaves only `latest`).
 from __future__ import annotations
 
 import json
+import uuid
 import weakref
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from scheduler import JobContext
-from scheduler.fencing import FENCE_CHECK_LUA
+from scheduler import FencedOut, JobContext
 
 __all__ = [
     "FENCED_SWAP_STATE_LUA",
@@ -40,35 +41,35 @@ __all__ = [
 ]
 
 
-class FencedOut(PermissionError):
-    """This run's fencing token is no longer current: another leader took over, so nothing was written."""
+# Bodies for `JobContext.run_fenced` (KEYS[1] the leader key and ARGV[1] the fence come first).
 
-    def __init__(self, job_id: str, token: int, what: str) -> None:
-        self.job_id = job_id
-        self.token = token
-        super().__init__(f"job {job_id!r}: fencing token {token} is no longer current; {what} refused")
-
-
-# KEYS[1] leader key, KEYS[2] state hash, KEYS[3] transition counter hash
-# ARGV[1] fencing token, ARGV[2] field (e.g. a provider name), ARGV[3] new state
+# KEYS[2] state hash, KEYS[3] transition counter hash, KEYS[4] operation key (remembers this swap)
+# ARGV[2] field (e.g. a provider name), ARGV[3] new state, ARGV[4] ms the operation key lives
 # Returns the previous state ('' when there was none), or false when fenced out.
 # When a previous state exists and differs, HINCRBY KEYS[3] '<field>:<new state>' 1
-# in the same step: the transition is counted once however often it is observed.
-FENCED_SWAP_STATE_LUA = FENCE_CHECK_LUA + """
+# in the same step: the transition is counted once however often it is observed. A re-send
+# of this very swap (a lost reply) returns the first answer again instead of '' (no change).
+FENCED_SWAP_STATE_LUA = """
 if fenced then return false end
+local done = redis.call('GET', KEYS[4])
+if done then
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+  return string.sub(done, 2)
+end
 local prev = redis.call('HGET', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 if prev and prev ~= ARGV[3] then
   redis.call('HINCRBY', KEYS[3], ARGV[2] .. ':' .. ARGV[3], 1)
 end
+redis.call('SET', KEYS[4], '=' .. (prev or ''), 'PX', ARGV[4])
 return prev or ''
 """
 
-# KEYS[1] leader key, KEYS[2..n] streams
-# ARGV[1] fencing token, ARGV[2] minimum entry id to keep (e.g. '1700000000000-0')
+# KEYS[2..n] streams
+# ARGV[2] minimum entry id to keep (e.g. '1700000000000-0')
 # Returns the number of entries removed across the streams, or -1 when fenced out.
 # Keys that are gone or not streams are skipped, not errors: SCAN saw them a moment ago.
-FENCED_XTRIM_MINID_LUA = FENCE_CHECK_LUA + """
+FENCED_XTRIM_MINID_LUA = """
 if fenced then return -1 end
 local removed = 0
 for i = 2, #KEYS do
@@ -78,6 +79,9 @@ for i = 2, #KEYS do
 end
 return removed
 """
+
+#: How long a swap remembers its answer, so a re-sent command is recognised (ms).
+_OP_MEMORY_MS = 120_000
 
 _scripts: weakref.WeakKeyDictionary[Redis, dict[str, AsyncScript]] = weakref.WeakKeyDictionary()
 
@@ -120,10 +124,11 @@ def _text(value: Any) -> str:
 
 async def fenced_swap_state(ctx: JobContext, name: str, state: str) -> str | None:
     """Set `name`'s state; the previous one (None on first sight). Raises `FencedOut`."""
-    script = script_for(ctx.redis, FENCED_SWAP_STATE_LUA)
-    res = await script(
-        keys=[ctx.keys.leader, ctx.key("state"), ctx.key("transitions")],
-        args=[ctx.fencing_token, name, state],
+    res = await ctx.run_fenced(
+        FENCED_SWAP_STATE_LUA,
+        [ctx.key("state"), ctx.key("transitions"), ctx.keys.op(uuid.uuid4().hex)],
+        [name, state, _OP_MEMORY_MS],
+        what=f"state update of {name!r}",
     )
     if res is None:
         raise FencedOut(ctx.job_id, ctx.fencing_token, f"state update of {name!r}")
@@ -135,8 +140,7 @@ async def fenced_xtrim_minid(ctx: JobContext, streams: list[bytes | str], min_id
     """Trim entries older than `min_id` from `streams` (keys under the prefix). Raises `FencedOut`."""
     if not streams:
         return 0
-    script = script_for(ctx.redis, FENCED_XTRIM_MINID_LUA)
-    res = int(await script(keys=[ctx.keys.leader, *streams], args=[ctx.fencing_token, min_id]))
+    res = int(await ctx.run_fenced(FENCED_XTRIM_MINID_LUA, streams, [min_id], what="stream trim"))
     if res == -1:
         raise FencedOut(ctx.job_id, ctx.fencing_token, "stream trim")
     return res
@@ -152,9 +156,3 @@ async def store_result(ctx: JobContext, name: str, doc: dict[str, Any], ttl_s: f
         raise FencedOut(ctx.job_id, ctx.fencing_token, f"result of {name!r}")
     if await ctx.fenced_xadd(ctx.key("history", name), {"result": payload}, history_len) is None:
         raise FencedOut(ctx.job_id, ctx.fencing_token, f"history of {name!r}")
-
-
-async def read_latest(redis: Redis, key: str) -> dict[str, Any] | None:
-    """The decoded latest result at `key`, or None (for status views and tests)."""
-    raw = await redis.get(key)
-    return None if raw is None else json.loads(raw)

@@ -5,8 +5,10 @@ Two things:
   `app.send_task()` (in a worker thread: the send blocks). Each send carries
   a task id derived from the deployment prefix, the job id and the slot's
   fire time (`slot_task_id()`), and the headers `lightsched_job_id`,
-  `lightsched_fencing_token` and `lightsched_scheduled_time`, so workers can
-  recognise a repeated send of one slot.
+  `lightsched_fencing_token`, `lightsched_lease_id` and
+  `lightsched_scheduled_time`, so workers can recognise a repeated send of
+  one slot and check that the sending term is still current
+  (`slot_is_current()`: token and lease id, never the number alone).
 - `load_beat_schedule()` turns a Celery `beat_schedule` mapping into such
   jobs: crontab, timedelta, plain seconds and `schedule` entries; `solar` and
   unknown schedule types are refused naming the entry.
@@ -45,10 +47,8 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from scheduler import JobContext
+from scheduler import FencedOut, JobContext
 from scheduler.registry import JobDefinitionError, JobRegistry, JobSpec, parse_schedule
-
-from ._store import FencedOut
 
 if TYPE_CHECKING:
     import celery
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HEADER_FENCING_TOKEN",
     "HEADER_JOB_ID",
+    "HEADER_LEASE_ID",
     "HEADER_SCHEDULED_TIME",
     "SEND_OPTIONS",
     "UNTIL_NEXT_SLOT",
@@ -67,14 +68,16 @@ __all__ = [
     "celery_task",
     "load_beat_schedule",
     "slot_headers",
+    "slot_is_current",
     "slot_task_id",
     "trigger_from_celery",
 ]
 
 HEADER_JOB_ID: Final = "lightsched_job_id"
 HEADER_FENCING_TOKEN: Final = "lightsched_fencing_token"
+HEADER_LEASE_ID: Final = "lightsched_lease_id"
 HEADER_SCHEDULED_TIME: Final = "lightsched_scheduled_time"
-_OUR_HEADERS: Final = frozenset({HEADER_JOB_ID, HEADER_FENCING_TOKEN, HEADER_SCHEDULED_TIME})
+_OUR_HEADERS: Final = frozenset({HEADER_JOB_ID, HEADER_FENCING_TOKEN, HEADER_LEASE_ID, HEADER_SCHEDULED_TIME})
 
 #: `send_task()` options a job (or a beat entry's `options`) may pass through.
 #: `task_id` and `eta` are the bridge's: the id names the slot, the slot is the time.
@@ -164,6 +167,30 @@ class SlotHeaders:
     job_id: str
     fencing_token: int
     scheduled_time: datetime
+    lease_id: str | None = None  # None from a bridge older than lightsched 0.2
+
+    @property
+    def fence(self) -> str | None:
+        """The sending term's identity, `<token>:<lease_id>`; None when the sender was too old to say."""
+        return None if self.lease_id is None else f"{self.fencing_token}:{self.lease_id}"
+
+
+def slot_is_current(redis_client: Any, prefix: str, headers: SlotHeaders) -> bool:
+    """Whether the term that sent this task still holds the lease (a synchronous redis-py client).
+
+    Compares token AND lease id with the leader key `{prefix}:leader`: the number alone can
+    repeat after a failover. A lease id missing from the headers counts as not current.
+    Check it right before a side effect that must not happen twice; it is a read, so the
+    answer can be stale by the time the side effect lands (fence the side effect itself
+    where the target system allows it).
+    """
+    from leader import LeaseHolder
+
+    raw = redis_client.get("{" + prefix + "}:leader")
+    if raw is None or headers.lease_id is None:
+        return False
+    holder = LeaseHolder.parse(raw)
+    return holder.fencing_token == headers.fencing_token and holder.lease_id == headers.lease_id
 
 
 def slot_headers(request: Any) -> SlotHeaders | None:
@@ -181,7 +208,10 @@ def slot_headers(request: Any) -> SlotHeaders | None:
     job_id, token, when = read(HEADER_JOB_ID), read(HEADER_FENCING_TOKEN), read(HEADER_SCHEDULED_TIME)
     if job_id is None or token is None or when is None:
         return None
-    return SlotHeaders(str(job_id), int(token), datetime.fromisoformat(str(when)))
+    lease_id = read(HEADER_LEASE_ID)
+    return SlotHeaders(
+        str(job_id), int(token), datetime.fromisoformat(str(when)), None if lease_id is None else str(lease_id)
+    )
 
 
 # --- schedules -------------------------------------------------------------------------------
@@ -370,6 +400,7 @@ class CeleryTaskJob:
             **self.send_options.get("headers", {}),
             HEADER_JOB_ID: ctx.job_id,
             HEADER_FENCING_TOKEN: ctx.fencing_token,
+            HEADER_LEASE_ID: ctx.lease_id,
             HEADER_SCHEDULED_TIME: ctx.scheduled_time.astimezone(UTC).isoformat(),
         }
 

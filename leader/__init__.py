@@ -6,6 +6,7 @@ pure, `leader.redis_store` is the only module that talks to Redis, and
 """
 
 from .elector import (
+    AcquireFailed,
     ElectionEvent,
     Elector,
     ElectorStatus,
@@ -17,13 +18,26 @@ from .elector import (
     StepDownReason,
     StoppedLeading,
 )
+from .fence import FENCE_CHECK_LUA, fence_arg, fenced_script, new_lease_id
 from .keys import LeaseKeys
 from .lag import LoopLagMonitor
+from .redis_scripts import run_scripts
 from .redis_store import RedisLeaseStore
-from .store import AcquireResult, Identity, LeaseHolder, LeaseStore, StoreError, StoreRejected, StoreUnavailable
+from .store import (
+    AcquireResult,
+    Identity,
+    LeaseHolder,
+    LeaseStore,
+    StoreError,
+    StoreNotReplicated,
+    StoreRejected,
+    StoreUnavailable,
+)
 from .timing import Clock, FakeClock, InvalidTimings, LeaseTerm, LeaseTimings, SystemClock
 
 __all__ = [
+    "FENCE_CHECK_LUA",
+    "AcquireFailed",
     "AcquireResult",
     "Clock",
     "ElectionEvent",
@@ -47,7 +61,12 @@ __all__ = [
     "StepDownReason",
     "StoppedLeading",
     "StoreError",
+    "StoreNotReplicated",
     "StoreRejected",
     "StoreUnavailable",
     "SystemClock",
+    "fence_arg",
+    "fenced_script",
+    "new_lease_id",
+    "run_scripts",
 ]

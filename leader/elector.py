@@ -10,11 +10,15 @@ Guarantees:
   SIGSTOP): callers check it right before they act.
 - Store errors never escape `run()`; it backs off (capped, jittered) and keeps
   contending. After any step-down it goes back to standing by.
-- An acquire whose reply was lost (a timeout, a dropped connection, a Redis
-  that was paused and then ran the queued command) may still have taken the
-  lease. When a later attempt finds the key holding the value of one of this
-  elector's unanswered attempts, it adopts it with a renew sent now, instead of
-  leaving the lease leaderless for a whole TTL.
+- Each acquire attempt carries a fresh random lease id. An attempt whose reply
+  was lost (a timeout, a dropped connection, a Redis that was paused and then
+  ran the queued command) may still have taken the lease: a re-send of it is
+  recognised by the script itself, and when a later attempt finds the key
+  holding the lease id of one of this elector's unanswered attempts, it adopts
+  it with a renew sent now, instead of leaving the lease leaderless for a TTL.
+- A renew that lands but too few replicas acknowledge (`StoreNotReplicated`)
+  ends the term at once (reason `unreplicated`), not at the renew deadline,
+  and the lease is given back.
 
 Loop stalls: renewals run on this event loop, over the store's own connection.
 A coroutine that blocks the loop past the renew deadline starves them; the
@@ -45,10 +49,12 @@ from dataclasses import dataclass, field
 import anyio
 from redis.backoff import EqualJitterBackoff
 
-from .store import AcquireResult, Identity, LeaseHolder, LeaseStore, StoreError, StoreRejected
+from .fence import new_lease_id
+from .store import AcquireResult, Identity, LeaseHolder, LeaseStore, StoreError, StoreNotReplicated, StoreRejected
 from .timing import Clock, LeaseTerm, LeaseTimings, SystemClock, leader_renew_delay_s, standby_retry_delay_s
 
 __all__ = [
+    "AcquireFailed",
     "ElectionEvent",
     "Elector",
     "ElectorStatus",
@@ -67,7 +73,8 @@ log = logging.getLogger("lightsched.leader")
 class StepDownReason(enum.StrEnum):
     RELEASED = "released"  # we gave the lease back (handoff, shutdown)
     LOST = "lost"  # a renew found the key no longer ours (expired, taken, Redis emptied)
-    DEADLINE = "renew_deadline_passed"  # renewals failed until the deadline (Redis unreachable)
+    DEADLINE = "renew_deadline_passed"  # renewals failed (or landed too late) until the deadline
+    UNREPLICATED = "unreplicated"  # a renew landed but too few replicas acknowledged it (WAIT)
     STALLED = "stalled"  # the loop or process was paused past the deadline
     CANCELLED = "cancelled"  # the elector was cancelled while leading, lease not released
 
@@ -106,12 +113,24 @@ class RenewedLate:
 
 @dataclass(frozen=True, slots=True)
 class RenewFailed:
-    term: LeaseTerm | None
+    """A leader's renew failed (an error or a timeout); it retries until its deadline."""
+
+    term: LeaseTerm
     error: str
     latency_s: float
 
 
-ElectionEvent = StartedLeading | StoppedLeading | LeaderObserved | HandoffRequested | RenewedLate | RenewFailed
+@dataclass(frozen=True, slots=True)
+class AcquireFailed:
+    """A standby's acquire attempt failed (an error or a timeout); it retries."""
+
+    error: str
+    latency_s: float
+
+
+ElectionEvent = (
+    StartedLeading | StoppedLeading | LeaderObserved | HandoffRequested | RenewedLate | RenewFailed | AcquireFailed
+)
 
 
 @dataclass(slots=True)
@@ -164,9 +183,11 @@ class Elector:
         self._running = False
         self._last_loop_mono: float | None = None
         self._backoff = EqualJitterBackoff(cap=timings.retry_period_s, base=0.05)
-        # `acquired_at` stamps of acquire attempts that got no answer: they may
-        # have taken the lease in Redis all the same.
+        # Lease ids of acquire attempts that got no answer: they may have taken
+        # the lease in Redis all the same.
         self._unanswered: deque[str] = deque(maxlen=8)
+        # Set when a renew succeeded in Redis but came back after the deadline.
+        self._renew_landed_late = False
 
     def __repr__(self) -> str:
         return f"Elector(replica_id={self.identity.replica_id!r}, leading={self.is_leader()})"
@@ -259,6 +280,7 @@ class Elector:
             return  # already ended: exactly one StoppedLeading per term
         self._term = None
         self._check_now = False
+        self._renew_landed_late = False
         self._counters.transitions += 1
         log.info(
             "stopped leading",
@@ -282,10 +304,11 @@ class Elector:
     def _on_released(self) -> None:
         self._wake.set()
 
-    def _on_handoff(self, token: int) -> None:
+    def _on_handoff(self, fence: str) -> None:
+        """`fence` names the term to hand off: `<token>:<lease_id>`, or a bare token (older CLIs)."""
         term = self.current_term()
-        if term is not None and term.token == token:
-            log.info("handoff requested", extra={"event": "handoff_requested", "fencing_token": token})
+        if term is not None and fence in (term.fence, str(term.token)):
+            log.info("handoff requested", extra={"event": "handoff_requested", "fencing_token": term.token})
             self._emit(HandoffRequested(term))
 
     def _on_listen_error(self, exc: BaseException) -> None:
@@ -312,12 +335,15 @@ class Elector:
             await anyio.sleep(self._cooloff_until - now)
             return
         acquired_at = self._clock.wall().isoformat(timespec="milliseconds")
+        lease_id = new_lease_id()
         sent = self._clock.monotonic()
         try:
             with anyio.fail_after(self.timings.retry_period_s):
-                res: AcquireResult = await self._store.try_acquire(self.identity, self.timings.ttl_ms, acquired_at)
+                res: AcquireResult = await self._store.try_acquire(
+                    self.identity, self.timings.ttl_ms, acquired_at, lease_id
+                )
         except (StoreError, TimeoutError) as exc:
-            self._unanswered.append(acquired_at)
+            self._unanswered.append(lease_id)
             self._counters.standby_failures += 1
             failures = self._counters.standby_failures
             rejected = isinstance(exc, StoreRejected)
@@ -326,13 +352,13 @@ class Elector:
                 "the lease store refused the acquire; retrying" if rejected else "cannot reach the lease store; retrying",
                 extra={"event": "store_unavailable", "error": str(exc) or type(exc).__name__, "failures": failures},
             )
-            self._emit(RenewFailed(None, str(exc) or type(exc).__name__, self._clock.monotonic() - sent))
+            self._emit(AcquireFailed(str(exc) or type(exc).__name__, self._clock.monotonic() - sent))
             await self._sleep_or_wake(self._backoff.compute(failures))
             return
         self._counters.standby_failures = 0
         if res.acquired:
             assert res.value is not None and res.token is not None
-            self._start_term(LeaseTerm(res.token, res.value, self.timings, sent))
+            self._start_term(LeaseTerm(res.token, res.value, self.timings, sent, res.lease_id or lease_id))
             return
         if res.holder is not None and self._is_unanswered_attempt(res.holder) and await self._adopt(res.holder):
             return
@@ -353,7 +379,8 @@ class Elector:
         return (
             not holder.foreign
             and (holder.replica_id, holder.host, holder.pid) == (me.replica_id, me.host, me.pid)
-            and holder.acquired_at in self._unanswered
+            and holder.lease_id is not None
+            and holder.lease_id in self._unanswered
         )
 
     async def _adopt(self, holder: LeaseHolder) -> bool:
@@ -363,33 +390,41 @@ class Elector:
         since, so its token is the newest; and the term is measured from this
         renew's send time, as after any renew.
         """
-        assert holder.fencing_token is not None
+        assert holder.fencing_token is not None and holder.lease_id is not None
         sent = self._clock.monotonic()
         try:
             with anyio.fail_after(self.timings.retry_period_s):
                 ok = await self._store.renew(holder.raw, self.timings.ttl_ms)
+        except StoreNotReplicated:
+            await self._give_back(holder.raw)
+            return False
         except (StoreError, TimeoutError):
             return False
         if not ok:
             return False
         log.info("adopted a lease whose acquire reply was lost", extra={"event": "lease_adopted"})
-        self._start_term(LeaseTerm(holder.fencing_token, holder.raw, self.timings, sent))
+        self._start_term(LeaseTerm(holder.fencing_token, holder.raw, self.timings, sent, holder.lease_id))
         return True
+
+    async def _give_back(self, value: str) -> None:
+        """Best effort: delete the lease if it still holds `value`, rather than wait out its TTL."""
+        with anyio.move_on_after(self.timings.retry_period_s):
+            try:
+                await self._store.release(value)
+            except StoreError:
+                pass
 
     async def _leader_step(self, term: LeaseTerm) -> None:
         self._wake = anyio.Event()
         now = self._clock.monotonic()
         failures = self._counters.renew_failures
         if not term.is_valid(now):
-            reason = StepDownReason.DEADLINE if failures else StepDownReason.STALLED
+            late = failures or self._renew_landed_late
+            reason = StepDownReason.DEADLINE if late else StepDownReason.STALLED
             self._counters.renew_failures = 0
             self._end_term(term, reason)
             # Best effort: if the key is somehow still ours, free it now rather than after the TTL.
-            with anyio.move_on_after(self.timings.retry_period_s):
-                try:
-                    await self._store.release(term.value)
-                except StoreError:
-                    pass
+            await self._give_back(term.value)
             return
         delay = leader_renew_delay_s(term, now, failures, self._backoff.compute(failures) if failures else 0.0)
         if self._check_now and not failures:
@@ -402,6 +437,17 @@ class Elector:
         try:
             with anyio.fail_after(max(0.001, term.time_left_s(sent))):
                 ok = await self._store.renew(term.value, self.timings.ttl_ms)
+        except StoreNotReplicated as exc:
+            # Held on the primary only: a failover may hand it to someone else. Stop now.
+            self._counters.renew_failures = 0
+            log.warning(
+                "lease renew not acknowledged by enough replicas; stepping down",
+                extra={"event": "renew_unreplicated", "error": str(exc), "fencing_token": term.token},
+            )
+            if self._term is term:
+                self._end_term(term, StepDownReason.UNREPLICATED)
+                await self._give_back(term.value)
+            return
         except (StoreError, TimeoutError) as exc:
             self._counters.renew_failures += 1
             error = str(exc) or type(exc).__name__
@@ -419,7 +465,8 @@ class Elector:
             self._end_term(term, StepDownReason.LOST)
             return
         if not term.is_valid(done):
-            return  # the renew landed after our deadline; the next step steps down
+            self._renew_landed_late = True
+            return  # the renew landed after our deadline; the next step steps down (reason: deadline)
         term.renewed(sent)
         late_s = max(0.0, done - due)
         if late_s > self.timings.retry_period_s / 2:

@@ -5,12 +5,19 @@ Guarantees:
   is checked inside Redis, never by a read followed by a write in Python.
   Scripts are registered once (redis-py `Script`) and reloaded on NOSCRIPT,
   so they survive a Redis restart.
-- Fencing tokens strictly increase across acquisitions, also after a restart
-  that lost every key: a new token is at least Redis' TIME in milliseconds.
-  This assumes the Redis host clock does not step back by more than the
-  restart took, and fewer than 1,000 acquisitions a second.
-- With `wait_replicas > 0`, an acquire or renew that fewer replicas acknowledge
-  within `wait_timeout_ms` counts as failed: the lease is treated as not held.
+- Each acquisition is identified by its fencing token and a random `lease_id`
+  the client draws per attempt (`leader.fence`); fenced scripts compare both.
+  Within one Redis data history tokens strictly increase; after a restart that
+  lost every key a new token is still at least Redis' TIME in milliseconds.
+  A failover that loses an acquisition, or a host clock that stepped back,
+  may mint a number again; the lease id still differs.
+- Every script is idempotent for its caller, so a command re-sent after a
+  lost reply is harmless: a re-sent acquire finds its own lease id and counts
+  as acquired; renew and release compare the whole value.
+- With `wait_replicas > 0`, script and WAIT go down one connection
+  (`leader.redis_scripts`). An acquire that fewer replicas acknowledge within
+  `wait_timeout_ms` is given back and counts as not acquired; such a renew
+  raises `StoreNotReplicated` (the elector steps down at once).
 - Transient Redis trouble (connection loss, timeouts, LOADING, READONLY,
   TRYAGAIN, cluster redirections, failovers) raises `StoreUnavailable`. In
   the contest itself (acquire, renew, release) any other Redis error (NOPERM,
@@ -21,7 +28,8 @@ Guarantees:
   as held by a foreign holder; renew and release leave it alone.
 
 Does not guarantee: the lease's survival of a Redis failover when
-`wait_replicas` is 0 (an unreplicated write can be lost with the master).
+`wait_replicas` is 0 (an unreplicated write can be lost with the master), nor
+when the promoted replica is not one that acknowledged the write.
 """
 
 from __future__ import annotations
@@ -34,9 +42,12 @@ import anyio
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 
+from .fence import new_lease_id
 from .keys import LeaseKeys
-from .store import AcquireResult, Identity, LeaseHolder, StoreRejected, StoreUnavailable
+from .redis_scripts import run_scripts
+from .store import AcquireResult, Identity, LeaseHolder, StoreNotReplicated, StoreRejected, StoreUnavailable
 
 __all__ = ["ACQUIRE_LUA", "RELEASE_LUA", "RENEW_LUA", "RedisLeaseStore", "TRANSIENT_ERRORS"]
 
@@ -63,17 +74,26 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 # KEYS[1] leader key, KEYS[2] token key
-# ARGV[1] ttl_ms, ARGV[2] replica_id, ARGV[3] host, ARGV[4] pid, ARGV[5] acquired_at (ISO 8601 UTC)
+# ARGV[1] ttl_ms, ARGV[2] replica_id, ARGV[3] host, ARGV[4] pid, ARGV[5] acquired_at (ISO 8601 UTC),
+# ARGV[6] lease_id (random, one per attempt)
 # Returns {1, value, token} when acquired (value: the stored JSON, token as a
 # string), or {0, holder_value, holder_pttl_ms} when the key is held; a key of
 # another type is reported as held with the value '<type>'.
+# A key that already holds ARGV[6] is this very attempt, re-sent after its
+# reply was lost: it counts as acquired. Its PEXPIRE is a write on purpose, so a
+# WAIT that follows a re-send on a new connection still covers the first SET.
 # pcall: a WRONGTYPE error must not fail the script (a foreign key is just held).
 ACQUIRE_LUA = """
 local held = redis.pcall('GET', KEYS[1])
 if type(held) == 'table' then
-  held = '<' .. redis.call('TYPE', KEYS[1])['ok'] .. '>'
+  return {0, '<' .. redis.call('TYPE', KEYS[1])['ok'] .. '>', redis.call('PTTL', KEYS[1])}
 end
 if held then
+  local ok, lease = pcall(cjson.decode, held)
+  if ok and type(lease) == 'table' and lease.lease_id == ARGV[6] and type(lease.fencing_token) == 'number' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[1])
+    return {1, held, string.format('%.0f', lease.fencing_token)}
+  end
   return {0, held, redis.call('PTTL', KEYS[1])}
 end
 local last = tonumber(redis.pcall('GET', KEYS[2])) or 0
@@ -85,6 +105,7 @@ local value = '{"replica_id":' .. cjson.encode(ARGV[2]) ..
   ',"host":' .. cjson.encode(ARGV[3]) ..
   ',"pid":' .. string.format('%d', tonumber(ARGV[4])) ..
   ',"fencing_token":' .. token ..
+  ',"lease_id":' .. cjson.encode(ARGV[6]) ..
   ',"acquired_at":' .. cjson.encode(ARGV[5]) .. '}'
 redis.call('SET', KEYS[1], value, 'PX', ARGV[1])
 return {1, value, token}
@@ -136,12 +157,12 @@ class RedisLeaseStore:
 
     def __init__(
         self,
-        client: Redis,
+        client: Redis | RedisCluster,
         keys: LeaseKeys,
         *,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 500,
-        pubsub_client: Redis | None = None,
+        pubsub_client: Redis | RedisCluster | None = None,
     ) -> None:
         self._client = client
         self._pubsub_client = pubsub_client or client
@@ -155,50 +176,38 @@ class RedisLeaseStore:
     def __repr__(self) -> str:
         return f"RedisLeaseStore(prefix={self.keys.prefix!r}, wait_replicas={self._wait_replicas})"
 
-    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def _write(
+        self, script: AsyncScript, keys: list[str], args: list[Any], *, replicated: bool = True
+    ) -> tuple[Any, bool]:
+        """Run a lease-writing script and, with `wait_replicas` > 0 and `replicated`, WAIT
+        on the same connection (`leader.redis_scripts`). Returns (script result, enough acks)."""
         try:
-            return await script(keys=keys, args=args)
+            (res,), acked = await run_scripts(
+                self._client,
+                [(script, keys, args)],
+                wait_replicas=self._wait_replicas if replicated else 0,
+                wait_timeout_ms=self._wait_timeout_ms,
+            )
         except (*TRANSIENT_ERRORS, rexc.RedisError) as exc:
             raise _store_error(exc) from exc
-
-    async def _call_replicated(self, script: Any, keys: list[str], args: list[Any]) -> tuple[Any, bool]:
-        """Run a lease-writing script, then WAIT for the configured replicas.
-
-        WAIT counts acknowledgements of the writes made on its own connection,
-        so script and WAIT go down one pipeline (one connection). On Redis
-        Cluster, WAIT is sent to the node owning the lease's slot; redis-py may
-        use another connection to it there, which makes the check weaker
-        (documented in docs/REDIS.md). Returns (script result, enough acks).
-        """
-        if self._wait_replicas <= 0:
-            return await self._call(script, keys, args), True
-        try:
-            if isinstance(self._client, RedisCluster):
-                res = await script(keys=keys, args=args)
-                node = self._client.get_node_from_key(self.keys.leader)
-                acked = await self._client.execute_command(
-                    "WAIT", self._wait_replicas, self._wait_timeout_ms, target_nodes=node
-                )
-            else:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    await script(keys=keys, args=args, client=pipe)
-                    pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
-                    res, acked = await pipe.execute()
-        except (*TRANSIENT_ERRORS, rexc.RedisError) as exc:
-            raise _store_error(exc) from exc
-        if int(acked) < self._wait_replicas:
+        if isinstance(res, Exception):
+            raise _store_error(res) from res
+        if acked is not None and acked < self._wait_replicas:
             log.warning(
                 "lease write acknowledged by too few replicas",
-                extra={"event": "lease_wait_short", "acked": int(acked), "wanted": self._wait_replicas},
+                extra={"event": "lease_wait_short", "acked": acked, "wanted": self._wait_replicas},
             )
             return res, False
         return res, True
 
-    async def try_acquire(self, identity: Identity, ttl_ms: int, acquired_at: str) -> AcquireResult:
-        res, replicated = await self._call_replicated(
+    async def try_acquire(
+        self, identity: Identity, ttl_ms: int, acquired_at: str, lease_id: str | None = None
+    ) -> AcquireResult:
+        lease_id = lease_id or new_lease_id()
+        res, replicated = await self._write(
             self._acquire,
             [self.keys.leader, self.keys.token],
-            [ttl_ms, identity.replica_id, identity.host, identity.pid, acquired_at],
+            [ttl_ms, identity.replica_id, identity.host, identity.pid, acquired_at, lease_id],
         )
         if int(res[0]) != 1:
             return AcquireResult(False, holder=LeaseHolder.parse(res[1]), holder_pttl_ms=int(res[2]))
@@ -207,14 +216,21 @@ class RedisLeaseStore:
             # Not safely held: give it back so nobody waits out a TTL for it.
             await self.release(value)
             return AcquireResult(False)
-        return AcquireResult(True, value=value, token=token)
+        return AcquireResult(True, value=value, token=token, lease_id=lease_id)
 
     async def renew(self, value: str, ttl_ms: int) -> bool:
-        res, replicated = await self._call_replicated(self._renew, [self.keys.leader], [value, ttl_ms])
-        return int(res) == 1 and replicated
+        res, replicated = await self._write(self._renew, [self.keys.leader], [value, ttl_ms])
+        if int(res) != 1:
+            return False
+        if not replicated:
+            raise StoreNotReplicated(f"renew acknowledged by fewer than {self._wait_replicas} replicas")
+        return True
 
     async def release(self, value: str) -> bool:
-        res = await self._call(self._release, [self.keys.leader], [value, self.keys.released_channel])
+        # No WAIT: giving the lease back needs no durability (a lost release only costs a TTL).
+        res, _ = await self._write(
+            self._release, [self.keys.leader], [value, self.keys.released_channel], replicated=False
+        )
         return int(res) == 1
 
     async def read(self) -> tuple[LeaseHolder | None, int | None]:
@@ -244,16 +260,16 @@ class RedisLeaseStore:
             raise _store_error(exc) from exc
         return None if raw is None else int(raw)
 
-    async def request_handoff(self, token: int) -> int:
+    async def request_handoff(self, fence: str) -> int:
         try:
-            return int(await self._client.publish(self.keys.handoff_channel, str(token)))
+            return int(await self._client.publish(self.keys.handoff_channel, fence))
         except TRANSIENT_ERRORS as exc:
             raise _store_error(exc) from exc
 
     async def listen(
         self,
         on_released: Callable[[], None],
-        on_handoff: Callable[[int], None],
+        on_handoff: Callable[[str], None],
         on_error: Callable[[BaseException], None] | None = None,
         retry_delay_s: Callable[[int], float] = lambda failures: min(5.0, 0.1 * 2**failures),
     ) -> None:
@@ -278,10 +294,7 @@ class RedisLeaseStore:
                     if channel == self.keys.released_channel:
                         on_released()
                     elif channel == self.keys.handoff_channel:
-                        try:
-                            on_handoff(int(_text(msg["data"])))
-                        except ValueError:
-                            log.warning("ignored a malformed handoff request", extra={"event": "handoff_malformed"})
+                        on_handoff(_text(msg["data"]))
             except (*TRANSIENT_ERRORS, rexc.RedisError) as exc:
                 failures += 1
                 if on_error is not None:

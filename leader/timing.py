@@ -126,17 +126,24 @@ class LeaseTerm:
     """One tenure as leader: from a successful acquire to the step-down.
 
     `value` is the exact string stored under the leader key; renew and release
-    compare against it inside Redis.
+    compare against it inside Redis. `token` and `lease_id` together are the
+    term's identity, which fenced scripts check (`fence`).
     """
 
     token: int
     value: str
     timings: LeaseTimings
     acquire_sent_mono: float
+    lease_id: str = ""
     last_renew_sent_mono: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.last_renew_sent_mono = self.acquire_sent_mono
+
+    @property
+    def fence(self) -> str:
+        """ARGV[1] of a fenced script for this term: `<token>:<lease_id>`."""
+        return f"{self.token}:{self.lease_id}"
 
     def renewed(self, sent_mono: float) -> None:
         """Record a successful renew whose command left at `sent_mono`."""

@@ -32,9 +32,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .redact import redact_text
 
-__all__ = ["OUTCOMES", "JobRunRecorder", "Telemetry", "UnknownOutcome"]
+__all__ = ["MISSED_CAUSES", "OUTCOMES", "JobRunRecorder", "Telemetry", "UnknownOutcome"]
 
 OUTCOMES: tuple[str, ...] = ("success", "failed", "timeout", "cancelled", "fenced")
+#: Why a slot did not run: too late (late), missed while nobody led (no_leader), too many queued
+#: behind a run (still_running), its claim failed on Redis (redis) or was not acknowledged by
+#: replicas (unreplicated), this replica's clock ran far ahead of Redis' (clock_ahead).
+MISSED_CAUSES: tuple[str, ...] = ("late", "no_leader", "still_running", "redis", "unreplicated", "clock_ahead")
 _ERROR_OUTCOMES = frozenset({"failed", "timeout"})
 # Step-down reasons that mean "we gave the lease back" rather than "we lost it".
 _RELEASE_REASONS = frozenset({"released", "handoff"})
@@ -143,7 +147,23 @@ class Telemetry:
             "lightsched_renews_late", "Renewals that succeeded later than the retry period asked", registry=r
         )
         self._renew_failures = Counter(
-            "lightsched_renew_failures", "Renewals that failed (Redis error or timeout)", registry=r
+            "lightsched_renew_failures", "A leader's renewals that failed (Redis error or timeout)", registry=r
+        )
+        self._acquire_failures = Counter(
+            "lightsched_acquire_failures",
+            "A standby's acquire attempts that failed (Redis error or timeout; not 'held by another')",
+            registry=r,
+        )
+        self._clock_skew = Gauge(
+            "lightsched_clock_skew_seconds",
+            "This replica's wall clock minus Redis TIME, latest measure (slot claims, takeover)",
+            registry=r,
+        )
+        self._outlived = Counter(
+            "lightsched_runs_outliving_lease",
+            "Thread runs still executing when this replica gave its lease back (they could not be stopped)",
+            ["job_id"],
+            registry=r,
         )
         self._runs = Counter("lightsched_job_runs", "Finished job runs", ["job_id", "outcome"], registry=r)
         self._duration = Histogram(
@@ -157,7 +177,10 @@ class Telemetry:
             registry=r,
         )
         self._missed = Counter(
-            "lightsched_slots_missed", "Slots skipped because they were too late to run", ["job_id"], registry=r
+            "lightsched_slots_missed",
+            "Slots that did not run, by cause: " + ", ".join(MISSED_CAUSES),
+            ["job_id", "cause"],
+            registry=r,
         )
         self._coalesced = Counter(
             "lightsched_slots_coalesced", "Overdue slots merged into a single run", ["job_id"], registry=r
@@ -177,7 +200,8 @@ class Telemetry:
             series = self._job_series(job_id)
             for outcome in OUTCOMES:
                 series.runs(outcome)
-            self._missed.labels(job_id)
+            for cause in MISSED_CAUSES:
+                self._missed.labels(job_id, cause)
             self._coalesced.labels(job_id)
 
     @contextmanager
@@ -259,8 +283,12 @@ class Telemetry:
         if outcome in _ERROR_OUTCOMES:
             span.set_status(Status(StatusCode.ERROR, redact_text(error) if error else outcome))
 
-    def slots_missed(self, job_id: str, count: int = 1) -> None:
-        self._missed.labels(job_id).inc(count)
+    def slots_missed(self, job_id: str, count: int = 1, cause: str = "late") -> None:
+        """`cause`: one of `MISSED_CAUSES`."""
+        self._missed.labels(job_id, cause).inc(count)
+
+    def runs_outlived_lease(self, job_id: str, count: int = 1) -> None:
+        self._outlived.labels(job_id).inc(count)
 
     def slots_coalesced(self, job_id: str, count: int = 1) -> None:
         self._coalesced.labels(job_id).inc(count)
@@ -275,7 +303,7 @@ class Telemetry:
         self._short_span("leadership acquired", token, reason)
 
     def leadership_lost(self, token: int, reason: str) -> None:
-        """`reason`: released | lost | renew_deadline_passed | stalled | cancelled | handoff."""
+        """`reason`: released | lost | renew_deadline_passed | unreplicated | stalled | cancelled | handoff."""
         self._is_leader.set(0)
         self._transitions.labels("lost").inc()
         self._step_downs.labels(reason).inc()
@@ -298,6 +326,13 @@ class Telemetry:
         # The error text is for logs; as a label it would make unbounded series.
         del error
         self._renew_failures.inc()
+
+    def acquire_failed(self, error: str) -> None:
+        del error  # for logs only, as with renewals
+        self._acquire_failures.inc()
+
+    def set_clock_skew(self, skew_s: float) -> None:
+        self._clock_skew.set(skew_s)
 
     def set_loop_lag(self, lag_s: float) -> None:
         self._loop_lag.set(lag_s)

@@ -242,44 +242,80 @@ def _params(values: list[str]) -> dict[str, str]:
 @app.command("run-job")
 @_one_line_errors
 def run_job(
-    job_id: Annotated[str, typer.Argument(help="the job to run once, now")],
+    job_id: Annotated[str, typer.Argument(help="the job to run once, now, on the leader")],
     param: Annotated[list[str], typer.Option("--param", "-p", help="KEY=VALUE passed as ctx.params")] = [],  # noqa: B006
-    jobs: Annotated[str | None, typer.Option(help="MODULE:ATTR of the JobRegistry (env LIGHTSCHED_JOBS)")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="wait for the outcome (default), or only enqueue")] = True,
+    pickup_timeout: Annotated[
+        float, typer.Option(help="seconds a leader has to take the request before it is cancelled")
+    ] = 30.0,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the run's outcome once taken")] = 600.0,
+    requested_by: Annotated[
+        str | None, typer.Option(help="who asks, for the run history (default: user@host)")
+    ] = None,
 ) -> None:
-    """Run one job once now, outside the schedule (manual runs, Kubernetes CronJobs).
+    """Ask the leader to run one job once now, outside the schedule (manual runs, Kubernetes CronJobs).
 
-    The run carries the current leader's fencing token, so its fenced writes
-    land only while that leader's lease stands; with no leader they are refused.
+    The leader runs it through the same path as a scheduled run: after any run of
+    the same job in progress, fenced, and recorded in the job's run history with
+    `trigger: manual`. Exit 0 when it succeeded; 1 when it failed, no leader took
+    it within --pickup-timeout (it is then cancelled), or the outcome is not known
+    within --timeout.
     """
-    from .embed import load_registry
-    from .runtime import Replica
-
-    settings = _settings(jobs=jobs)
+    settings = _settings()
     params = _params(param)
-    registry: JobRegistry = load_registry(settings.jobs)
-    spec = registry.get(job_id)
-    tracing = _setup_observability(settings)
-    replica = Replica(settings, registry)
+    who = requested_by or _requester()
+    outcome = anyio.run(_run_job, settings, job_id, params, who, wait, pickup_timeout, timeout)
+    print(outcome)
 
-    async def main() -> dict[str, Any]:
-        from .connection import make_client
-        from leader import LeaseHolder
 
-        replica.redis = make_client(settings, "jobs")
-        try:
-            raw = await replica.redis.get(replica.keys.leader)
-            token = (LeaseHolder.parse(raw).fencing_token or 0) if raw is not None else 0
-            return await replica.execute(spec, datetime.now(UTC), token, params=params)
-        finally:
-            await replica.redis.aclose()
+def _requester() -> str:
+    import getpass
+    import socket
 
     try:
-        record = anyio.run(main)
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for the uid (containers)
+        user = "uid" + str(__import__("os").getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+async def _run_job(
+    settings: Settings, job_id: str, params: dict[str, str], who: str, wait: bool, pickup_s: float, timeout_s: float
+) -> str:
+    from .connection import make_client
+    from .keys import Keyspace
+    from .requests import RequestStore
+
+    client = make_client(settings, "cli")
+    store = RequestStore(client, Keyspace(settings.key_prefix))
+    try:
+        request_id = await store.enqueue(job_id, params, who)
+        if not wait:
+            return f"request {request_id} for job {job_id!r} queued"
+        with anyio.move_on_after(pickup_s):
+            while (state := (await store.get(request_id)).get("state")) == "pending":
+                await anyio.sleep(0.1)
+        if state == "pending":
+            if await store.cancel(request_id, f"no leader took it within {pickup_s:g}s"):
+                _fail(1, f"no leader took the request for job {job_id!r} within {pickup_s:g}s "
+                         "(is a replica running and enabled?); request cancelled")
+        with anyio.move_on_after(timeout_s):
+            while (h := await store.get(request_id)).get("state") == "running":
+                await anyio.sleep(0.1)
+        h = await store.get(request_id)
+        state, outcome = h.get("state"), h.get("outcome") or "-"
+        where = f"on {h.get('replica_id')} (token {h.get('fencing_token')})" if h.get("replica_id") else ""
+        if state == "running":
+            _fail(1, f"job {job_id!r} still running {where} after {timeout_s:g}s; see `lightsched status`")
+        if state == "rejected":
+            _fail(2, f"the leader refused the request: {h.get('error') or 'rejected'}")
+        if state != "done":
+            _fail(1, f"request for job {job_id!r} ended as {state or 'unknown (expired?)'}")
+        if outcome != "success":
+            _fail(1, f"job {job_id!r} {outcome} {where}: {h.get('error') or ''}".rstrip(": "))
+        return f"job {job_id!r} succeeded {where} in {float(h.get('duration_ms') or 0):.0f} ms"
     finally:
-        tracing.shutdown()
-    if record["status"] != "success":
-        _fail(1, f"job {job_id!r} {record['status']}: {record.get('error') or ''}".rstrip(": "))
-    print(f"job {job_id!r} succeeded in {record['duration_ms']:.0f} ms")
+        await client.aclose()
 
 
 @app.command()
@@ -301,13 +337,14 @@ HANDOFF_UNHEARD_RETRY_S = 6.0
 
 
 async def _handoff(settings: Settings, if_replica: str | None, timeout_s: float) -> str:
-    from leader import RedisLeaseStore
+    from leader import RedisLeaseStore, fence_arg
 
     from .connection import make_client
     from .keys import Keyspace
 
     client = make_client(settings, "cli")
-    store = RedisLeaseStore(client, Keyspace(settings.key_prefix))
+    keys = Keyspace(settings.key_prefix)
+    store = RedisLeaseStore(client, keys)
     try:
         holder, _ = await store.read()
         if holder is None or holder.foreign or holder.fencing_token is None:
@@ -316,18 +353,30 @@ async def _handoff(settings: Settings, if_replica: str | None, timeout_s: float)
             _fail(1, "no leader to hand off" if holder is None else "the leader key is not a lightsched lease")
         if if_replica is not None and holder.replica_id != if_replica:
             return f"{if_replica} does not lead ({holder.replica_id} does); nothing to do"
-        # A leader's listener may be resubscribing (after a Redis restart it backs off up to
-        # 5 s): ask again for a while before saying nobody heard.
-        heard = 0
+        # Standbys hear the request too: only the leader's acknowledgement (a fenced write of the
+        # fence it holds) says it was heard. Its listener may be resubscribing (after a Redis
+        # restart it backs off up to 5 s): ask again for a while before saying it did not hear.
+        fence = fence_arg(holder.fencing_token, holder.lease_id) if holder.lease_id else str(holder.fencing_token)
+        acked = False
         with anyio.move_on_after(min(timeout_s, HANDOFF_UNHEARD_RETRY_S)):
-            while (heard := await store.request_handoff(holder.fencing_token)) == 0:
+            while True:
+                await store.request_handoff(fence)
+                ack = await client.get(keys.handoff_ack())
+                if ack is not None and ack.decode() in (fence, f"{holder.fencing_token}:{holder.lease_id}"):
+                    acked = True
+                    break
+                now_holder, _ = await store.read()
+                if now_holder is None or now_holder.raw != holder.raw:
+                    acked = True  # it is gone already (released, or lost)
+                    break
                 await anyio.sleep(0.25)
-        if heard == 0:
-            _fail(1, f"leader {holder.replica_id} (token {holder.fencing_token}) is not listening; it keeps the lease")
+        if not acked:
+            _fail(1, f"leader {holder.replica_id} (token {holder.fencing_token}) did not acknowledge the handoff; "
+                     "it keeps the lease")
         with anyio.move_on_after(timeout_s):
             while True:
                 now_holder, _ = await store.read()
-                if now_holder is not None and now_holder.fencing_token != holder.fencing_token:
+                if now_holder is not None and now_holder.raw != holder.raw:
                     return f"{now_holder.replica_id} leads now (token {now_holder.fencing_token})"
                 await anyio.sleep(0.05)
         _fail(1, f"no other replica took over within {timeout_s:g}s (is there a standby?)")

@@ -124,7 +124,12 @@ class RedisConnectionSettings(BaseSettings):
     )
     wait_replicas: int = Field(0, ge=0, description="Redis replicas that must acknowledge each lease write (WAIT); 0: none")
     wait_timeout_ms: int = Field(500, gt=0, description="milliseconds to wait for those acknowledgements")
-    redis_socket_timeout: float = Field(5.0, gt=0, description="seconds a Redis command may take before it counts as failed")
+    redis_socket_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="seconds a Redis command may take before it counts as failed; must be below "
+        "RENEW_DEADLINE - RETRY_PERIOD. Default 5, or (RENEW_DEADLINE - RETRY_PERIOD) / 2 when that is shorter",
+    )
 
     _password_from_file: SecretStr | None = PrivateAttr(None)
 
@@ -325,13 +330,16 @@ class SentinelMasterClient(NamingRedis):
 
 
 def _retry(purpose: ClientPurpose) -> Retry:
-    # The CLI reports the first failure at once. The lease retries briefly (a
-    # failover drops connections) inside the elector's own deadlines; jobs a
-    # little longer.
+    # The CLI reports the first failure at once. The lease re-sends once, at once
+    # (a restart or failover leaves dead pooled connections); the elector owns
+    # every other retry, on its own timer inside its deadlines. Jobs retry a
+    # little longer. A re-send may follow a command that ran but whose reply was
+    # lost: every script lightsched sends is idempotent for its caller
+    # (tests/integration/test_safety.py), so that is harmless.
     if purpose == "cli":
         return Retry(NoBackoff(), 0)
     if purpose == "lease":
-        return Retry(EqualJitterBackoff(cap=0.5, base=0.05), 2)
+        return Retry(EqualJitterBackoff(cap=0.1, base=0.01), 1)
     return Retry(EqualJitterBackoff(cap=1.0, base=0.1), 3)
 
 
@@ -434,7 +442,7 @@ SCHEDULER_COMMANDS: tuple[str, ...] = (
     "hget", "hset", "hgetall", "hdel", "hmget", "hincrby",
     "sadd", "srem", "smembers",
     "lpush", "ltrim", "lrange", "llen",
-    "xadd", "xrange", "xrevrange", "xlen", "xtrim",
+    "xadd", "xrange", "xrevrange", "xlen", "xtrim", "xread",
     # clean-up job: SCAN lists key names (ACL key patterns do not filter its output)
     "scan",
     # system_health job reads INFO memory/clients/replication

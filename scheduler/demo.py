@@ -53,7 +53,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from leader import RedisLeaseStore
+from leader import RedisLeaseStore, fence_arg
 
 from .devredis import RedisBinaryNotFound, RedisProcess, free_port
 from .keys import Keyspace
@@ -710,7 +710,8 @@ class Demo:
             self.emit("no leader to hand off from right now")
             return False
         self.state.pending = PendingFault("handoff", holder.replica_id, holder.fencing_token, datetime.now(UTC))
-        heard = await store.request_handoff(holder.fencing_token)
+        fence = fence_arg(holder.fencing_token, holder.lease_id) if holder.lease_id else str(holder.fencing_token)
+        heard = await store.request_handoff(fence)
         self.emit(f"handoff requested from leader {holder.replica_id} (token {holder.fencing_token}); {heard} listening")
         if heard == 0:
             self.state.pending = None

@@ -32,10 +32,33 @@ class Keyspace(LeaseKeys):
         """A key for a job's own data, e.g. `data("provider_health", "latest", name)`."""
         return ":".join((self.base, "data", *parts))
 
+    def op(self, op_id: str) -> str:
+        """Short-lived marker of one non-idempotent write, so a re-sent command is recognised."""
+        return f"{self.base}:op:{op_id}"
+
+    def requests(self) -> str:
+        """Stream of manual run requests (`lightsched run-job`), read by the leader."""
+        return f"{self.base}:requests"
+
+    def request(self, request_id: str) -> str:
+        """Hash of one manual run request: job, params, who asked, state and outcome."""
+        return f"{self.base}:request:{request_id}"
+
+    def requests_cursor(self) -> str:
+        """The id of the last request stream entry a leader has taken (fenced)."""
+        return f"{self.base}:requests:cursor"
+
+    def handoff_ack(self) -> str:
+        """Set (fenced) by a leader that accepted a handoff request: the fence it held."""
+        return f"{self.base}:handoff:ack"
+
     def owns(self, key: str) -> bool:
         return key.startswith(self.base + ":")
 
     def protected_patterns(self) -> tuple[str, ...]:
         """Keys that clean-up must never delete: the lease, the token, the job slots, the run records
         (capped by the runtime itself)."""
-        return (self.leader, self.token, f"{self.base}:job:*", f"{self.base}:runs:*", self.jobs_index())
+        return (
+            self.leader, self.token, f"{self.base}:job:*", f"{self.base}:runs:*", self.jobs_index(),
+            f"{self.base}:op:*", f"{self.base}:request*", self.handoff_ack(),
+        )

@@ -3,19 +3,28 @@
 Guarantees:
 - Every replica builds its AsyncIOScheduler; only a leader starts it, and a
   replica that stops leading pauses it inside the elector's callback (before
-  the lease can be taken by anyone else) and cancels its in-flight runs.
+  the lease can be taken by anyone else) and cancels its in-flight runs'
+  coroutines (thread runs cannot be stopped: they keep their job occupied).
 - Every run, right before it starts, checks the local lease (monotonic clock;
-  False after a freeze) and then claims its slot with a fenced Lua script;
-  a stale leader's claim fails and its run does not start. Slots are claimed
-  in increasing time order per job, so no slot runs twice.
+  False after a freeze) and then claims its slot with a fenced Lua script
+  (token and lease id); a stale leader's claim fails and its run does not
+  start. Slots are claimed in increasing time order per job, so no slot runs
+  twice. With `WAIT_REPLICAS` > 0 a claim that too few replicas acknowledged
+  does not start its run (the slot is counted missed, cause `unreplicated`).
+- A slot more than `MAX_CLOCK_SKEW_MS` ahead of Redis' clock is not claimed
+  (this replica's wall clock runs ahead): it waits for Redis time, or is
+  counted missed (cause `clock_ahead`) past the misfire grace.
 - A new leader continues each job from its last claimed slot (not from now):
   slots older than the misfire grace are counted as missed, the rest run,
   coalesced into one by default.
-- At most one run of a job at a time on a replica: a slot that falls due while
-  the job still runs waits behind it (a cancelled thread-run holds its place
-  until the thread returns), then runs late, coalesces or counts as missed.
+- At most one run of a job at a time on a replica, a worker thread included
+  until it returns (`scheduler.executor`): a slot that falls due while the
+  job still runs waits behind it, then runs late, coalesces or counts as
+  missed. Manual requests (`lightsched run-job`) go through the same queue.
 - Graceful stop and handoff: stop starting runs, drain in-flight runs for up to
-  `drain_timeout` while still renewing, then release the lease at once.
+  `drain_timeout` while still renewing, cancel what is left, wait for thread
+  runs up to their job's timeout (saying so when one outlives it), then
+  release the lease at once.
 
 Does not guarantee: that code already running stops writing when leadership
 ends (plain functions in threads cannot be cancelled): fenced writes refuse it.
@@ -27,20 +36,17 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import logging
 import os
 import random
 import signal
 import socket
-from collections.abc import Awaitable, Callable
-from contextlib import nullcontext
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-from apscheduler.executors.base import BaseExecutor
-from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.base import BaseTrigger
@@ -48,6 +54,7 @@ from apscheduler.triggers.cron import CronTrigger
 from redis.exceptions import RedisError
 
 from leader import (
+    AcquireFailed,
     ElectionEvent,
     Elector,
     HandoffRequested,
@@ -66,8 +73,11 @@ from leader.timing import Clock
 
 from .connection import make_client
 from .context import JobContext, JobLogger
+from .executor import JobExecutor, ThreadRun
+from .fencing import Fence, FencedOut
 from .keys import Keyspace
 from .registry import JobRegistry, JobSpec
+from .requests import ManualRequest, RequestStore
 from .settings import Settings
 from .slots import FoldSafeTrigger, SlotStore, from_ms, plan_resume, to_ms
 from .status import ClusterStatus, ReplicaStatus, read_cluster_status
@@ -99,82 +109,45 @@ def _cut(text: str) -> str:
     return text if len(text) <= ERROR_TEXT_MAX else text[: ERROR_TEXT_MAX - 1] + "…"
 
 
+def run_record(
+    *,
+    run_id: str,
+    spec: JobSpec,
+    slot: datetime,
+    started: datetime | None,
+    finished: datetime,
+    outcome: RunOutcome,
+    error: str | None,
+    replica_id: str,
+    term: LeaseTerm,
+    attempts: int,
+    lateness_s: float,
+    trigger: str,
+    requested_by: str | None,
+) -> dict[str, Any]:
+    """The one shape of a run record: run history, status, logs and the health route all show it."""
+    return {
+        "run_id": run_id,
+        "job_id": spec.id,
+        "scheduled_time": slot.astimezone(UTC).isoformat(),
+        "started_at": started.isoformat() if started else None,
+        "finished_at": finished.isoformat(),
+        "status": outcome.value,
+        "error": _cut(error) if error else None,
+        "replica_id": replica_id,
+        "fencing_token": term.token,
+        "attempts": attempts,
+        "duration_ms": round((finished - started).total_seconds() * 1000, 3) if started else None,
+        "lateness_ms": round(lateness_s * 1000, 3),
+        "slot_ms": to_ms(slot),
+        "trigger": trigger,
+        "manual": trigger != "scheduled",
+        "requested_by": requested_by,
+    }
+
+
 def _never_called() -> None:  # APScheduler needs a func; the gated executor runs the spec instead
     raise AssertionError("jobs run through the gated executor")
-
-
-class _GatedExecutor(BaseExecutor):
-    """Hands due slots to the replica instead of running `job.func`.
-
-    `_do_submit_job` is APScheduler 3's executor extension point, the only
-    place that sees the scheduled fire times. `submit_job` is overridden so a
-    slot that falls due while the job's previous submission still runs is
-    queued behind it (and then runs late, coalesces or counts as missed by the
-    usual rules) instead of being dropped by APScheduler's max-instances check.
-    At most one task per job runs at a time.
-    """
-
-    #: Slots queued behind a running submission, per job, before the oldest are dropped (and counted missed).
-    MAX_PENDING = 1000
-
-    def __init__(
-        self,
-        submit: Callable[[str, list[datetime]], Awaitable[None]],
-        on_dropped: Callable[[str, list[datetime]], None],
-    ) -> None:
-        super().__init__()
-        self._submit = submit
-        self._on_dropped = on_dropped
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self._pending: dict[str, list[datetime]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def start(self, scheduler: Any, alias: str) -> None:
-        super().start(scheduler, alias)
-        self._loop = scheduler._eventloop
-
-    def submit_job(self, job: Job, run_times: list[datetime]) -> None:
-        running = self.tasks.get(job.id)
-        if running is not None and not running.done():
-            pending = self._pending.setdefault(job.id, [])
-            pending.extend(run_times)
-            if len(pending) > self.MAX_PENDING:
-                dropped = pending[: len(pending) - self.MAX_PENDING]
-                del pending[: len(dropped)]
-                self._on_dropped(job.id, dropped)
-            return
-        self._do_submit_job(job, run_times)
-
-    def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
-        assert self._loop is not None
-        task = self._loop.create_task(self._drain(job.id, list(run_times)), name=f"lightsched-run:{job.id}")
-        self.tasks[job.id] = task
-        # A done-callback, not a `finally` in `_drain`: a task cancelled before its first step
-        # never runs its coroutine, and its entry must go all the same.
-        task.add_done_callback(functools.partial(self._done, job.id))
-
-    async def _drain(self, job_id: str, run_times: list[datetime]) -> None:
-        while run_times:
-            await self._submit(job_id, run_times)
-            run_times = self._pending.pop(job_id, [])
-
-    def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
-        if self.tasks.get(job_id) is task:
-            del self.tasks[job_id]
-            self._pending.pop(job_id, None)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            self._logger.error("running job %s failed in the runtime", job_id, exc_info=(type(exc), exc, exc.__traceback__))
-
-    def cancel_all(self) -> int:
-        self._pending.clear()
-        for task in self.tasks.values():
-            task.cancel()
-        return len(self.tasks)
-
-    async def wait_idle(self) -> None:
-        while live := [t for t in self.tasks.values() if not t.done()]:
-            await asyncio.wait(live)
 
 
 class _TimedStore:
@@ -224,12 +197,16 @@ class Replica:
         self.redis: Any = None
         self.elector: Elector | None = None
         self.slots: SlotStore | None = None
+        self.requests: RequestStore | None = None
+        self.fence: Fence | None = None
         self._lease_client: Any = None
         self._scheduler: AsyncIOScheduler | None = None
-        self._executor = _GatedExecutor(self._run_due, self._on_dropped)
+        self._executor = JobExecutor(self._run_items, self._on_dropped)
         self._triggers: dict[str, BaseTrigger] = {s.id: schedule_trigger(s.trigger) for s in self.registry}
         self._control_send: Any = None
         self._control_recv: Any = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._term_scope: anyio.CancelScope | None = None
         self._stop_event = anyio.Event()
         self._stop_now = False
         self._drain_scope: anyio.CancelScope | None = None
@@ -237,7 +214,7 @@ class Replica:
         self._running = False
         self._stopping = False
         self._last_records: dict[str, dict[str, Any]] = {}
-        self._max_lag_since_run = 0.0
+        self.clock_skew_s: float | None = None  # this replica's wall clock minus Redis TIME, latest measure
         self.http_port: int | None = None
         self.telemetry.declare_jobs([s.id for s in self.registry if s.enabled])
 
@@ -318,6 +295,7 @@ class Replica:
             local_records=self._last_records,
             draining=self._draining,
             redis_error=error,
+            clock_skew_s=self.clock_skew_s,
         )
 
     async def run(
@@ -325,12 +303,19 @@ class Replica:
     ) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
+        self._executor.bind(loop)
         self.redis = make_client(s, "jobs")
         self._lease_client = make_client(s, "lease")
         store = RedisLeaseStore(self._lease_client, self.keys, wait_replicas=s.wait_replicas, wait_timeout_ms=s.wait_timeout_ms)
         self.elector = Elector(_TimedStore(store, self.telemetry.renew_succeeded, self.clock), self.identity, s.timings, clock=self.clock)  # type: ignore[arg-type]
         self.elector.subscribe(self._on_election_event)
-        self.slots = SlotStore(self.redis, self.keys, s.run_history, timeout_s=2 * s.redis_socket_timeout)
+        replication = {"wait_replicas": s.wait_replicas, "wait_timeout_ms": s.wait_timeout_ms}
+        self.slots = SlotStore(
+            self.redis, self.keys, s.run_history, timeout_s=2 * s.redis_socket_timeout,
+            ahead_max_ms=s.max_clock_skew_ms, **replication,
+        )
+        self.requests = RequestStore(self.redis, self.keys, **replication)
+        self.fence = Fence(self.redis, self.keys, **replication)
         self._control_send, self._control_recv = anyio.create_memory_object_stream[tuple[str, LeaseTerm]](16)
         self._scheduler = AsyncIOScheduler(
             event_loop=loop,
@@ -345,6 +330,7 @@ class Replica:
                 )
         try:
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 tg.start_soon(self.lag.run, name="loop-lag")
                 if s.enabled:
                     tg.start_soon(self.elector.run, name="elector")
@@ -366,6 +352,7 @@ class Replica:
                 tg.cancel_scope.cancel()
         finally:
             self._running = False
+            self._tg = None
             self._control_send.close()
             self._control_recv.close()
             self._executor.cancel_all()
@@ -386,12 +373,16 @@ class Replica:
             case StoppedLeading(term=term, reason=reason):
                 if self._scheduler is not None and self._scheduler.running:
                     self._scheduler.pause()
+                if self._term_scope is not None:
+                    self._term_scope.cancel()  # the term's own tasks: manual requests, next-run publishing
                 cancelled = self._executor.cancel_all()
                 t.leadership_lost(term.token, reason.value)
                 if cancelled:
+                    threads = self._executor.thread_runs()
                     log.warning(
                         "cancelled in-flight runs on losing leadership",
-                        extra={"event": "runs_cancelled", "count": cancelled, "fencing_token": term.token},
+                        extra={"event": "runs_cancelled", "count": cancelled, "fencing_token": term.token,
+                               "threads_still_running": len(threads)},
                     )
             case HandoffRequested(term=term):
                 self._control_send.send_nowait(("handoff", term))
@@ -401,13 +392,15 @@ class Replica:
                 t.renew_late(term.token, late_s)
             case RenewFailed(error=error):
                 t.renew_failed(error)
+            case AcquireFailed(error=error):
+                t.acquire_failed(error)
 
     def _on_dropped(self, job_id: str, slots: list[datetime]) -> None:
-        self.telemetry.slots_missed(job_id, len(slots))
-        log.warning(
-            "slots dropped: too many queued behind a run that is still going",
-            extra={"event": "slot_missed", "job_id": job_id, "cause": "still_running", "count": len(slots)},
-        )
+        self._missed(job_id, len(slots), "still_running", "slots dropped: too many queued behind a run that is still going")
+
+    def _missed(self, job_id: str, count: int, cause: str, message: str, **extra: Any) -> None:
+        self.telemetry.slots_missed(job_id, count, cause)
+        log.warning(message, extra={"event": "slot_missed", "job_id": job_id, "count": count, "cause": cause, **extra})
 
     async def _control(self) -> None:
         async for command, term in self._control_recv:
@@ -433,17 +426,14 @@ class Replica:
                 log.warning("cannot read slots; retrying", extra={"event": "resume_failed", "error": str(exc)})
                 await anyio.sleep(self.settings.retry_period / 2)
         now = self.clock.wall()
+        plans: dict[str, datetime | None] = {}
         for job_id in ids:
             spec = self.registry.get(job_id)
             grace = spec.options.misfire_grace_time or self.settings.misfire_grace_time
             prev = from_ms(last[job_id]) if last[job_id] is not None else None
             plan = plan_resume(self._triggers[job_id], prev, now, grace)
             if plan.missed:
-                self.telemetry.slots_missed(job_id, plan.missed)
-                log.warning(
-                    "slots missed beyond the misfire grace",
-                    extra={"event": "slot_missed", "job_id": job_id, "count": plan.missed, "cause": "no_leader"},
-                )
+                self._missed(job_id, plan.missed, "no_leader", "slots missed beyond the misfire grace")
             job = self._scheduler.get_job(job_id)
             if job is None:
                 continue
@@ -451,34 +441,135 @@ class Replica:
                 job.pause()
             else:
                 job.modify(next_run_time=plan.next_run_time)
+            plans[job_id] = plan.next_run_time
+        if self.elector.current_term() is not term or self._draining:
+            return
+        self._scheduler.resume()
+        log.info("scheduler running", extra={"event": "scheduler_resumed", "fencing_token": term.token, "jobs": len(ids)})
+        # The term's own background work, cancelled the moment it ends: informational writes
+        # must not hold up the schedule, and manual requests are read only while leading.
+        assert self._tg is not None
+        self._term_scope = scope = anyio.CancelScope()
+        self._tg.start_soon(self._term_tasks, scope, term, plans, name="term-tasks")
+
+    async def _term_tasks(self, scope: anyio.CancelScope, term: LeaseTerm, plans: dict[str, datetime | None]) -> None:
+        with scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._publish_next, term, plans, name="publish-next-runs")
+                tg.start_soon(self._measure_skew, term, name="clock-skew")
+                tg.start_soon(self._read_requests, term, name="manual-requests")
+
+    async def _publish_next(self, term: LeaseTerm, plans: dict[str, datetime | None]) -> None:
+        assert self.slots is not None
+        for job_id, nxt in plans.items():
             try:
-                await self.slots.set_next(job_id, term.token, plan.next_run_time)
-            except RedisError as exc:
+                with anyio.fail_after(self.settings.redis_socket_timeout):
+                    await self.slots.set_next(job_id, term.fence, nxt)
+            except (RedisError, OSError, TimeoutError) as exc:
                 log.debug("could not publish next run time", extra={"event": "set_next_failed", "error": str(exc)})
-        if self.elector.current_term() is term and not self._draining:
-            self._scheduler.resume()
-            log.info(
-                "scheduler running",
-                extra={"event": "scheduler_resumed", "fencing_token": term.token, "jobs": len(ids)},
+
+    async def _measure_skew(self, term: LeaseTerm) -> None:
+        """This replica's wall clock against Redis TIME, once per term (slot claims refresh it)."""
+        try:
+            with anyio.fail_after(self.settings.redis_socket_timeout):
+                before = self.clock.wall()
+                secs, micros = await self.redis.time()
+                after = self.clock.wall()
+        except (RedisError, OSError, TimeoutError):
+            return
+        self._note_skew(before, after, secs * 1000 + micros // 1000)
+        skew = self.clock_skew_s or 0.0
+        if abs(skew) * 1000 > self.settings.max_clock_skew_ms / 2:
+            log.warning(
+                "this replica's wall clock differs from Redis' clock",
+                extra={"event": "clock_skew", "skew_ms": round(skew * 1000, 1), "fencing_token": term.token,
+                       "max_clock_skew_ms": self.settings.max_clock_skew_ms},
             )
 
+    def _note_skew(self, before: datetime, after: datetime, redis_ms: int) -> None:
+        mid_ms = (before.timestamp() + after.timestamp()) * 500
+        self.clock_skew_s = round((mid_ms - redis_ms) / 1000, 4)
+        self.telemetry.set_clock_skew(self.clock_skew_s)
+
+    async def _read_requests(self, term: LeaseTerm) -> None:
+        """Take manual run requests while this term lasts and queue them per job. The stream is
+        read from its start first: requests an earlier leader left pending are taken up."""
+        assert self.requests is not None and self.elector is not None
+        block_ms = max(50, min(1000, int(self.settings.redis_socket_timeout * 500)))
+        cursor, caught_up = "0-0", False
+        while self.elector.current_term() is term:
+            try:
+                cursor, requests = await self.requests.read(cursor, block_ms if caught_up else None)
+            except (RedisError, OSError) as exc:
+                log.debug("cannot read manual requests; retrying", extra={"event": "requests_failed", "error": str(exc)})
+                await anyio.sleep(self.settings.retry_period / 2)
+                continue
+            caught_up = caught_up or not requests
+            for request in requests:
+                await self._accept_request(term, request)
+
+    async def _accept_request(self, term: LeaseTerm, request: ManualRequest) -> None:
+        assert self.requests is not None
+        spec = self.registry.get(request.job_id) if request.job_id in self.registry else None
+        if spec is None or not spec.enabled:
+            why = f"unknown job {request.job_id!r} (known: {', '.join(self.registry.ids)})" if spec is None else (
+                f"job {request.job_id!r} is disabled")
+            log.warning("manual run request rejected", extra={"event": "request_rejected", "request_id": request.id,
+                                                              "job_id": request.job_id, "reason": why})
+            try:
+                await self.requests.finish(term.fence, request.id, state="rejected", outcome="rejected", error=why)
+            except (RedisError, OSError):
+                pass
+            return
+        log.info("manual run requested", extra={"event": "request_queued", "request_id": request.id,
+                                                "job_id": request.job_id, "requested_by": request.requested_by})
+        self._executor.enqueue(request.job_id, [request])
+
     async def _drain(self) -> None:
-        """Stop starting runs and wait for in-flight ones, up to drain_timeout."""
+        """Stop starting runs, wait for in-flight ones (drain_timeout), cancel the rest, and wait
+        for thread runs up to their job's timeout: a released lease must not outlive our own runs."""
         self._draining = True
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.pause()
+        drain_start = self.clock.monotonic()
         if self._executor.tasks and not self._stop_now:
             log.info("draining in-flight runs", extra={"event": "draining", "count": len(self._executor.tasks)})
             with anyio.move_on_after(self.settings.drain_timeout) as scope:
                 self._drain_scope = scope
                 await self._executor.wait_idle()
             self._drain_scope = None
-        if self._executor.cancel_all():
-            with anyio.move_on_after(5):
-                await self._executor.wait_idle()
+        if not self._executor.cancel_all():
+            return
+        # Cancelled coroutines finish quickly; a thread run holds the lease until it returns,
+        # bounded by its job's timeout (or the drain timeout for a job without one).
+        wait_until = drain_start + self.settings.drain_timeout
+        for run in self._executor.thread_runs():
+            if run.deadline_mono is not None:
+                wait_until = max(wait_until, run.deadline_mono)
+        bound_s = 0.0 if self._stop_now else max(2.0, wait_until - self.clock.monotonic())
+        with anyio.move_on_after(bound_s) as scope:
+            self._drain_scope = scope
+            await self._executor.wait_idle()
+        self._drain_scope = None
+        outliving = self._executor.thread_runs()
+        if outliving:
+            by_job: dict[str, int] = {}
+            for run in outliving:
+                by_job[run.job_id] = by_job.get(run.job_id, 0) + 1
+            for job_id, count in by_job.items():
+                self.telemetry.runs_outlived_lease(job_id, count)
+            log.warning(
+                "giving the lease back while thread runs still execute (their fenced writes will be refused)",
+                extra={"event": "release_with_runs_in_flight", "jobs": sorted(by_job), "count": len(outliving)},
+            )
 
     async def _handoff(self, term: LeaseTerm) -> None:
-        assert self.elector is not None
+        assert self.elector is not None and self.fence is not None
+        try:  # tell `lightsched handoff` the leader itself heard it (standbys hear it too)
+            with anyio.fail_after(self.settings.redis_socket_timeout):
+                await self.fence.set(term.fence, self.keys.handoff_ack(), term.fence, px=60_000)
+        except (RedisError, OSError, TimeoutError, Exception) as exc:  # noqa: BLE001 - an ack is best effort
+            log.debug("could not acknowledge the handoff", extra={"event": "handoff_ack_failed", "error": str(exc)})
         await self._drain()
         await self.elector.release()
         self._draining = False
@@ -500,23 +591,114 @@ class Replica:
 
     # -- runs ----------------------------------------------------------------
 
-    async def _run_due(self, job_id: str, run_times: list[datetime]) -> None:
+    async def _run_items(self, job_id: str, items: list[Any]) -> None:
+        """One queue batch of a job, in order: runs of due slots, and manual requests."""
+        i = 0
+        while i < len(items):
+            if isinstance(items[i], ManualRequest):
+                await self._run_request(items[i])
+                i += 1
+                continue
+            j = i
+            while j < len(items) and not isinstance(items[j], ManualRequest):
+                j += 1
+            if not await self._run_due(job_id, items[i:j]):
+                return
+            i = j
+
+    async def _run_due(self, job_id: str, run_times: list[datetime]) -> bool:
+        """Run due slots; False when this replica must stop running slots (not leading)."""
         spec = self.registry.get(job_id)
         now = self.clock.wall()
         grace = spec.options.misfire_grace_time or self.settings.misfire_grace_time
         due = [rt for rt in run_times if (now - rt).total_seconds() <= grace]
         if len(due) < len(run_times):
-            self.telemetry.slots_missed(job_id, len(run_times) - len(due))
-            log.warning(
-                "slots missed beyond the misfire grace",
-                extra={"event": "slot_missed", "job_id": job_id, "count": len(run_times) - len(due), "cause": "late"},
-            )
+            self._missed(job_id, len(run_times) - len(due), "late", "slots missed beyond the misfire grace")
+        if len(due) > 1:
+            due = await self._defer_early(job_id, due)
         if spec.options.coalesce and len(due) > 1:
             self.telemetry.slots_coalesced(job_id, len(due) - 1)
             due = due[-1:]
         for slot in due:
             if not await self._run_slot(spec, slot):
-                return
+                return False
+        return True
+
+    async def _defer_early(self, job_id: str, due: list[datetime]) -> list[datetime]:
+        """Of several slots due at once (a forward wall-clock step, a long pause), those Redis'
+        clock says are not due yet are queued again for when they are, not coalesced away."""
+        try:
+            with anyio.fail_after(self.settings.redis_socket_timeout):
+                before = self.clock.wall()
+                secs, micros = await self.redis.time()
+                after = self.clock.wall()
+        except (RedisError, OSError, TimeoutError):
+            return due  # each claim still refuses a slot too far ahead
+        redis_ms = secs * 1000 + micros // 1000
+        self._note_skew(before, after, redis_ms)
+        limit_ms = redis_ms + self.settings.max_clock_skew_ms
+        early = [slot for slot in due if to_ms(slot) > limit_ms]
+        for slot in early:
+            self._executor.enqueue_later((to_ms(slot) - redis_ms) / 1000, job_id, [slot])
+        if early:
+            log.warning(
+                "slots ahead of Redis' clock deferred until they are due",
+                extra={"event": "slots_deferred", "job_id": job_id, "count": len(early),
+                       "ahead_s": round((to_ms(early[-1]) - redis_ms) / 1000, 3)},
+            )
+        return [slot for slot in due if to_ms(slot) <= limit_ms]
+
+    async def _claim(self, spec: JobSpec, slot: datetime, term: LeaseTerm) -> bool | None:
+        """Claim `slot` under `term`: True to run it, False to skip it, None to stop running slots."""
+        assert self.slots is not None and self.elector is not None
+        next_slot = self._triggers[spec.id].get_next_fire_time(slot, slot)
+        grace = spec.options.misfire_grace_time or self.settings.misfire_grace_time
+        warned_ahead = False
+        while True:
+            before = self.clock.wall()
+            try:
+                # No local deadline here: the script checks the fence when it runs, so a slow claim
+                # is safe, and giving up on it would lose a slot it may still win. The batch itself
+                # is bounded (SlotStore timeout).
+                claim = await self.slots.claim(spec.id, slot, term.fence, term.token, self.settings.replica_id, next_slot)
+            except RedisError as exc:
+                self._missed(spec.id, 1, "redis", "slot missed: could not claim it", slot=slot.isoformat(),
+                             error=str(exc) or type(exc).__name__)
+                return False
+            if claim.redis_now_ms is not None:
+                self._note_skew(before, self.clock.wall(), claim.redis_now_ms)
+            match claim.reason:
+                case "ok":
+                    return True
+                case "future":
+                    assert claim.redis_now_ms is not None
+                    wait_s = (to_ms(slot) - claim.redis_now_ms) / 1000
+                    if wait_s > grace:
+                        self._missed(spec.id, 1, "clock_ahead", "slot missed: this replica's clock runs ahead of Redis",
+                                     slot=slot.isoformat(), ahead_s=round(wait_s, 3))
+                        return False
+                    if not warned_ahead:
+                        warned_ahead = True
+                        log.warning(
+                            "slot lies ahead of Redis' clock; waiting for it",
+                            extra={"event": "slot_ahead", "job_id": spec.id, "slot": slot.isoformat(),
+                                   "ahead_s": round(wait_s, 3), "fencing_token": term.token},
+                        )
+                    await anyio.sleep(max(0.01, wait_s - self.settings.max_clock_skew_ms / 2000))
+                    if self.elector.current_term() is not term:
+                        return None
+                case "unreplicated":
+                    self._missed(spec.id, 1, "unreplicated",
+                                 "slot missed: its claim was not acknowledged by enough replicas (WAIT)",
+                                 slot=slot.isoformat(), fencing_token=term.token)
+                    return False
+                case reason:
+                    log.warning(
+                        "slot claim refused",
+                        extra={"event": "slot_claim_refused", "job_id": spec.id, "slot": slot.isoformat(),
+                               "reason": reason, "fencing_token": term.token},
+                    )
+                    return False if reason == "claimed" else None
 
     async def _run_slot(self, spec: JobSpec, slot: datetime) -> bool:
         """Claim and run one slot. Returns False when this replica must stop running slots."""
@@ -528,164 +710,193 @@ class Replica:
                 extra={"event": "slot_not_started", "job_id": spec.id, "slot": slot.isoformat()},
             )
             return False
-        trigger = self._triggers[spec.id]
-        next_slot = trigger.get_next_fire_time(slot, slot)
-        try:
-            # No local deadline here: the script checks the fence when it runs, so a slow claim
-            # is safe, and giving up on it would lose a slot it may still win. The batch itself
-            # is bounded (SlotStore timeout).
-            claim = await self.slots.claim(spec.id, slot, term.token, self.settings.replica_id, next_slot)
-        except RedisError as exc:
-            self.telemetry.slots_missed(spec.id, 1)
-            log.warning(
-                "slot missed: could not claim it",
-                extra={"event": "slot_missed", "job_id": spec.id, "slot": slot.isoformat(), "cause": "redis",
-                       "error": str(exc) or type(exc).__name__},
-            )
+        claimed = await self._claim(spec, slot, term)
+        if claimed is None:
+            return False
+        if not claimed:
             return True
-        if not claim.ok:
-            log.warning(
-                "slot claim refused",
-                extra={"event": "slot_claim_refused", "job_id": spec.id, "slot": slot.isoformat(),
-                       "reason": claim.reason, "fencing_token": term.token},
-            )
-            return claim.reason == "claimed"
         if spec.options.jitter:
             await anyio.sleep(random.uniform(0, spec.options.jitter))
-        record = await self.execute(spec, slot, term.token, next_slot=next_slot, term=term)
-        try:
-            if not await self.slots.record(spec.id, term.token, record):
-                log.warning("run record fenced out", extra={"event": "record_fenced", "job_id": spec.id})
-        except RedisError as exc:
-            log.warning("could not store the run record", extra={"event": "record_failed", "error": str(exc)})
+        next_slot = self._triggers[spec.id].get_next_fire_time(slot, slot)
+        record = await self.execute(spec, slot, term, next_slot=next_slot)
+        await self._store_record(spec.id, term, record)
         return True
 
-    def _leading(self, term: LeaseTerm | None) -> bool:
-        return term is None or (self.elector is not None and self.elector.current_term() is term)
+    async def _store_record(self, job_id: str, term: LeaseTerm, record: dict[str, Any]) -> None:
+        assert self.slots is not None
+        try:
+            if not await self.slots.record(job_id, term.fence, record):
+                log.warning("run record fenced out", extra={"event": "record_fenced", "job_id": job_id})
+        except RedisError as exc:
+            log.warning("could not store the run record", extra={"event": "record_failed", "error": str(exc)})
+
+    async def _run_request(self, request: ManualRequest) -> None:
+        """A manual run: claim the request (fenced, at most once), run it like a slot, record it."""
+        assert self.elector is not None and self.requests is not None
+        spec = self.registry.get(request.job_id)
+        term = self.elector.current_term()
+        if term is None or self._draining:
+            return  # still pending: the next leader takes it, or the requester cancels it
+        try:
+            claimed = await self.requests.claim(term.fence, request, self.settings.replica_id, term.token)
+        except (RedisError, OSError) as exc:
+            log.warning("could not claim a manual request", extra={"event": "request_claim_failed",
+                                                                   "request_id": request.id, "error": str(exc)})
+            return
+        if claimed != "ok":
+            log.info("manual request not run", extra={"event": "request_not_run", "request_id": request.id,
+                                                      "reason": claimed})
+            if claimed == "unreplicated":
+                await self._finish_request(term, request, "done", "failed",
+                                           "its claim was not acknowledged by enough replicas (WAIT); not run")
+            return
+        record = await self.execute(spec, request.requested_at, term, params=dict(request.params),
+                                    trigger="manual", requested_by=request.requested_by or None)
+        await self._store_record(spec.id, term, record)
+        await self._finish_request(term, request, "done", record["status"], record.get("error"),
+                                   record.get("duration_ms"), record["run_id"])
+
+    async def _finish_request(
+        self, term: LeaseTerm, request: ManualRequest, state: str, outcome: str, error: str | None,
+        duration_ms: float | None = None, run_id: str | None = None,
+    ) -> None:
+        assert self.requests is not None
+        try:
+            await self.requests.finish(term.fence, request.id, state=state, outcome=outcome, error=error,
+                                       duration_ms=duration_ms, run_id=run_id)
+        except (RedisError, OSError) as exc:
+            log.warning("could not store a manual request's outcome", extra={"event": "request_finish_failed",
+                                                                             "request_id": request.id, "error": str(exc)})
 
     async def execute(
         self,
         spec: JobSpec,
         slot: datetime,
-        token: int,
+        term: LeaseTerm,
         *,
         next_slot: datetime | None = None,
-        term: LeaseTerm | None = None,
         params: dict[str, str] | None = None,
+        trigger: str = "scheduled",
+        requested_by: str | None = None,
     ) -> dict[str, Any]:
-        """Run `spec` for `slot` with retries and timeout; return the run record.
+        """Run `spec` for `slot` under `term` with retries and timeout; return the run record.
 
-        With `term`, every attempt first checks that the term is still valid.
-        Manual runs (`lightsched run-job`) pass no term.
+        Every attempt first checks that `term` is still this replica's valid
+        term. A cancellation (leadership lost, stopping) is recorded, then
+        re-raised.
         """
+        run_id = uuid.uuid4().hex
         started = self.clock.wall()
-        lateness_s = max(0.0, (started - slot).total_seconds())
-        lag = max(self.lag.max_lag_s, 0.0)
-        self.lag.reset_max()
+        lateness_s = max(0.0, (started - slot).total_seconds()) if trigger == "scheduled" else 0.0
+        lag = self.lag.reset_max()
         opts = spec.options
-        outcome, error, attempt = RunOutcome.FENCED, None, 0
-        while True:
-            attempt += 1
-            if not self._leading(term):
-                outcome, error = RunOutcome.FENCED, "no longer leading"
-                break
-            ctx = JobContext(
-                job_id=spec.id,
-                replica_id=self.settings.replica_id,
-                fencing_token=token,
-                scheduled_time=slot,
-                redis=self.redis,
-                keys=self.keys,
-                log=JobLogger(
-                    logging.getLogger(f"lightsched.job.{spec.id}"),
-                    {"job_id": spec.id, "fencing_token": token, "slot": slot.isoformat()},
-                ),
-                config=self.configs.get(spec.id),
-                params=params or {},
-                attempt=attempt,
-                manual=term is None,
-                loop_lag_s=lag,
+        outcome, error, attempt = RunOutcome.FENCED, "no longer leading", 0
+
+        def record() -> dict[str, Any]:
+            rec = run_record(
+                run_id=run_id, spec=spec, slot=slot, started=started, finished=self.clock.wall(), outcome=outcome,
+                error=error, replica_id=self.settings.replica_id, term=term, attempts=attempt,
+                lateness_s=lateness_s, trigger=trigger, requested_by=requested_by,
             )
-            outcome, error = await self._attempt(spec, ctx, lateness_s)
-            if outcome in (RunOutcome.SUCCESS, RunOutcome.CANCELLED, RunOutcome.FENCED) or attempt > opts.retries:
-                break
-            delay = min(opts.retry_backoff * 2 ** (attempt - 1), opts.retry_backoff_max)
-            if next_slot is not None and (self.clock.wall() - next_slot).total_seconds() + delay >= 0:
-                log.info("no retry: it would run into the next slot", extra={"event": "retry_skipped", "job_id": spec.id})
-                break
-            log.info("retrying", extra={"event": "retry", "job_id": spec.id, "attempt": attempt + 1, "delay_s": delay})
-            await anyio.sleep(delay)
-        finished = self.clock.wall()
-        record = {
-            "job_id": spec.id,
-            "scheduled_time": slot.astimezone(UTC).isoformat(),
-            "started_at": started.isoformat(),
-            "finished_at": finished.isoformat(),
-            "status": outcome.value,
-            "error": _cut(error) if error else None,
-            "replica_id": self.settings.replica_id,
-            "fencing_token": token,
-            "attempts": attempt,
-            "duration_ms": round((finished - started).total_seconds() * 1000, 3),
-            "lateness_ms": round(lateness_s * 1000, 3),
-            "slot_ms": to_ms(slot),
-            "manual": term is None,
-        }
-        self._last_records[spec.id] = record
-        level = logging.INFO if outcome is RunOutcome.SUCCESS else logging.WARNING
-        log.log(level, "job run %s", outcome.value, extra={"event": "job_run", **record})
-        return record
+            self._last_records[spec.id] = rec
+            level = logging.INFO if outcome is RunOutcome.SUCCESS else logging.WARNING
+            log.log(level, "job run %s", outcome.value, extra={"event": "job_run", **rec})
+            return rec
 
-    async def _attempt(self, spec: JobSpec, ctx: JobContext, lateness_s: float) -> tuple[RunOutcome, str | None]:
-        timeout = spec.options.timeout
-        outcome, error = RunOutcome.SUCCESS, None
         try:
-            with self.telemetry.job_run(
-                spec.id, ctx.scheduled_time, ctx.fencing_token, lateness_s, attempt=ctx.attempt, manual=ctx.manual
-            ) as rec:
-                try:
-                    with anyio.fail_after(timeout) if timeout else nullcontext():
-                        if spec.is_coroutine:
-                            await spec.func(ctx)  # type: ignore[misc]
-                        else:
-                            await anyio.to_thread.run_sync(spec.func, ctx)
-                except TimeoutError:
-                    outcome, error = RunOutcome.TIMEOUT, f"timed out after {timeout}s"
-                    rec.set_outcome(outcome.value, error)
-                    raise
-                except anyio.get_cancelled_exc_class():
-                    outcome, error = RunOutcome.CANCELLED, "cancelled: leadership lost or stopping"
-                    rec.set_outcome(outcome.value, error)
-                    raise
-                except PermissionError as exc:  # a fenced write was refused: superseded, not broken
-                    outcome, error = RunOutcome.FENCED, f"{type(exc).__name__}: {exc}"
-                    rec.set_outcome(outcome.value, error)
-                    raise
-                except Exception as exc:
-                    outcome, error = RunOutcome.FAILED, f"{type(exc).__name__}: {exc}"
-                    rec.set_outcome(outcome.value, error)
-                    raise
-                rec.set_outcome(outcome.value)
+            while True:
+                attempt += 1
+                if self.elector is None or self.elector.current_term() is not term:
+                    outcome, error = RunOutcome.FENCED, "no longer leading"
+                    break
+                ctx = JobContext(
+                    job_id=spec.id,
+                    replica_id=self.settings.replica_id,
+                    fencing_token=term.token,
+                    scheduled_time=slot,
+                    redis=self.redis,
+                    keys=self.keys,
+                    log=JobLogger(
+                        logging.getLogger(f"lightsched.job.{spec.id}"),
+                        {"job_id": spec.id, "fencing_token": term.token, "slot": slot.isoformat()},
+                    ),
+                    config=self.configs.get(spec.id),
+                    params=params or {},
+                    attempt=attempt,
+                    manual=trigger != "scheduled",
+                    loop_lag_s=lag,
+                    lease_id=term.lease_id,
+                    trigger=trigger,
+                    requested_by=requested_by,
+                    _ops=self.fence,
+                )
+                outcome, error, thread_left = await self._attempt(spec, ctx, lateness_s)
+                if outcome in (RunOutcome.SUCCESS, RunOutcome.FENCED) or attempt > opts.retries:
+                    break
+                if thread_left:
+                    # Its thread still runs: another attempt now would run the job twice at once.
+                    error = f"{error}; no retry while its thread still runs"
+                    break
+                delay = min(opts.retry_backoff * 2 ** (attempt - 1), opts.retry_backoff_max)
+                if next_slot is not None and (self.clock.wall() - next_slot).total_seconds() + delay >= 0:
+                    log.info("no retry: it would run into the next slot", extra={"event": "retry_skipped", "job_id": spec.id})
+                    break
+                log.info("retrying", extra={"event": "retry", "job_id": spec.id, "attempt": attempt + 1, "delay_s": delay})
+                await anyio.sleep(delay)
         except anyio.get_cancelled_exc_class():
-            self._record_cancelled(spec, ctx)
+            outcome, error = RunOutcome.CANCELLED, "cancelled: leadership lost or stopping"
+            record()
             raise
-        except Exception:
-            if outcome is RunOutcome.SUCCESS:  # raised by telemetry itself
-                outcome, error = RunOutcome.FAILED, "telemetry error"
-            if outcome is RunOutcome.FAILED:
-                log.warning("job failed", exc_info=True, extra={"event": "job_failed", "job_id": spec.id})
-        return outcome, error
+        return record()
 
-    def _record_cancelled(self, spec: JobSpec, ctx: JobContext) -> None:
-        now = self.clock.wall()
-        self._last_records[spec.id] = {
-            "job_id": spec.id,
-            "scheduled_time": ctx.scheduled_time.astimezone(UTC).isoformat(),
-            "started_at": None,
-            "finished_at": now.isoformat(),
-            "status": RunOutcome.CANCELLED.value,
-            "error": "cancelled: leadership lost or stopping",
-            "replica_id": self.settings.replica_id,
-            "fencing_token": ctx.fencing_token,
-        }
-        log.warning("job run cancelled", extra={"event": "job_run", **self._last_records[spec.id]})
+    async def _attempt(
+        self, spec: JobSpec, ctx: JobContext, lateness_s: float
+    ) -> tuple[RunOutcome, str | None, bool]:
+        """One attempt: (outcome, error, whether its worker thread is still running)."""
+        timeout = spec.options.timeout
+        run: ThreadRun[Any] | None = None
+        with self.telemetry.job_run(
+            spec.id, ctx.scheduled_time, ctx.fencing_token, lateness_s, attempt=ctx.attempt, manual=ctx.manual
+        ) as rec:
+            try:
+                with anyio.move_on_after(timeout if timeout else float("inf")) as scope:
+                    if spec.is_coroutine:
+                        await spec.func(ctx)  # type: ignore[misc]
+                    else:
+                        deadline = self.clock.monotonic() + timeout if timeout else None
+                        run = ThreadRun(spec.id, spec.func, ctx, deadline_mono=deadline)
+                        await self._executor.limiter.acquire_on_behalf_of(run)
+                        run.done.add_done_callback(lambda _: self._executor.limiter.release_on_behalf_of(run))
+                        self._executor.hold(run)
+                        run.start()
+                        await run.wait()
+            except anyio.get_cancelled_exc_class():
+                rec.set_outcome(RunOutcome.CANCELLED.value, "cancelled: leadership lost or stopping")
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified, recorded, logged
+                outcome, error = _classify(exc)
+                rec.set_outcome(outcome.value, error)
+                if outcome is RunOutcome.FAILED:
+                    log.warning("job failed", exc_info=True, extra={"event": "job_failed", "job_id": spec.id})
+                return outcome, error, run is not None and not run.done.done()
+            if scope.cancelled_caught:
+                thread_left = run is not None and not run.done.done()
+                error = f"timed out after {timeout}s" + ("; its thread is still running" if thread_left else "")
+                rec.set_outcome(RunOutcome.TIMEOUT.value, error)
+                return RunOutcome.TIMEOUT, error, thread_left
+            rec.set_outcome(RunOutcome.SUCCESS.value)
+        return RunOutcome.SUCCESS, None, False
+
+
+#: How an exception raised by a job's attempt is classified: first match wins.
+_OUTCOME_OF: tuple[tuple[type[BaseException], RunOutcome], ...] = (
+    (FencedOut, RunOutcome.FENCED),  # a fenced write was refused: superseded, not broken
+    (Exception, RunOutcome.FAILED),
+)
+
+
+def _classify(exc: BaseException) -> tuple[RunOutcome, str]:
+    for kind, outcome in _OUTCOME_OF:
+        if isinstance(exc, kind):
+            return outcome, f"{type(exc).__name__}: {exc}"
+    return RunOutcome.FAILED, f"{type(exc).__name__}: {exc}"

@@ -24,6 +24,8 @@ from .connection import RedisConnectionSettings
 __all__ = ["Settings", "SettingsError", "load_settings", "mask_url"]
 
 ENV_PREFIX = "LIGHTSCHED_"
+#: `redis_socket_timeout` when not set, unless the lease timings need it shorter.
+SOCKET_TIMEOUT_DEFAULT_S = 5.0
 _URL_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -76,6 +78,12 @@ class Settings(RedisConnectionSettings):
         description='JSON object job id -> crontab or interval ("30s", "5m"), replacing the code default',
     )
     run_history: int = Field(50, ge=1, le=10000, description="run records kept per job")
+    max_clock_skew_ms: int = Field(
+        1000,
+        gt=0,
+        description="milliseconds a slot may lie ahead of Redis' clock when claimed; a replica whose wall clock "
+        "runs further ahead waits for Redis time (or counts the slot missed past the misfire grace)",
+    )
     http_host: str = Field("0.0.0.0", description="address of the health/metrics HTTP server")
     http_port: int = Field(9180, ge=0, le=65535, description="port of the health/metrics HTTP server; 0: no server")
     log_format: Literal["auto", "json", "console"] = Field("auto", description="auto: console on a terminal, else JSON")
@@ -157,6 +165,16 @@ class Settings(RedisConnectionSettings):
         for name in ("drain_timeout", "misfire_grace_time"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()} must be positive")
+        room_s = self.renew_deadline - self.retry_period
+        if "redis_socket_timeout" not in self.model_fields_set:
+            # Not set: the default (5 s) shrinks with short lease timings, leaving room for one retry.
+            object.__setattr__(self, "redis_socket_timeout", round(min(SOCKET_TIMEOUT_DEFAULT_S, room_s / 2), 3))
+        if self.redis_socket_timeout >= room_s:
+            raise ValueError(
+                f"LIGHTSCHED_REDIS_SOCKET_TIMEOUT ({self.redis_socket_timeout}s) must be below "
+                f"LIGHTSCHED_RENEW_DEADLINE - LIGHTSCHED_RETRY_PERIOD ({self.renew_deadline - self.retry_period:g}s): "
+                "a renew whose reply is lost must time out, and be tried again, before the renew deadline"
+            )
         if self.wait_replicas and self.wait_timeout_ms >= self.redis_socket_timeout * 1000:
             raise ValueError(
                 f"LIGHTSCHED_WAIT_TIMEOUT_MS ({self.wait_timeout_ms}) must be below LIGHTSCHED_REDIS_SOCKET_TIMEOUT "

@@ -152,6 +152,7 @@ class ReplicaStatus(BaseModel):
     leader: LeaderInfo | None
     draining: bool
     redis_error: str | None = None
+    clock_skew_ms: float | None = None  # this replica's wall clock minus Redis TIME (latest measure)
 
     @classmethod
     def build(
@@ -167,6 +168,7 @@ class ReplicaStatus(BaseModel):
         local_records: dict[str, dict[str, Any]],
         draining: bool,
         redis_error: str | None,
+        clock_skew_s: float | None = None,
     ) -> ReplicaStatus:
         by_id = {j.id: j for j in cluster.jobs} if cluster else {}
         jobs = []
@@ -197,4 +199,5 @@ class ReplicaStatus(BaseModel):
             leader=cluster.leader if cluster else None,
             draining=draining,
             redis_error=redis_error,
+            clock_skew_ms=round(clock_skew_s * 1000, 1) if clock_skew_s is not None else None,
         )

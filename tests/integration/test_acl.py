@@ -18,11 +18,12 @@ import pytest
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from leader import Identity, RedisLeaseStore
+from leader import Identity, RedisLeaseStore, fence_arg
 from scheduler.connection import least_privilege_acl, make_client
 from scheduler.errors import describe_redis_error
 from scheduler.fencing import Fence
 from scheduler.keys import Keyspace
+from scheduler.requests import RequestStore
 from scheduler.settings import Settings
 from tests.support.redis_servers import ServerLike
 
@@ -120,11 +121,22 @@ async def test_electors_and_fenced_writes_as_the_acl_user(acl_user: tuple[Server
         assert res.acquired and res.token is not None and res.value is not None
         assert await store.renew(res.value, 3000)
         assert await store.current_token() == res.token
+        assert res.lease_id is not None
+        me = fence_arg(res.token, res.lease_id)
         fence = Fence(client, keys)
-        assert await fence.set(res.token, keys.data("x"), "1")
-        assert await fence.xadd(res.token, keys.data("s"), {"a": "1"}, 10)
-        assert await fence.unlink(res.token, [keys.data("x")]) == 1
-        assert await store.request_handoff(res.token) == 0
+        assert await fence.set(me, keys.data("x"), "1")
+        assert await fence.xadd(me, keys.data("s"), {"a": "1"}, 10)
+        assert await fence.unlink(me, [keys.data("x")]) == 1
+        assert await store.request_handoff(me) == 0
+        # Manual run requests: the CLI's side, then the leader's.
+        requests = RequestStore(client, keys)
+        request_id = await requests.enqueue("j", {"k": "v"}, "ops@host")
+        _, pending = await requests.read("0-0", block_ms=10)
+        assert [r.id for r in pending] == [request_id]
+        assert await requests.claim(me, pending[0], "r1", res.token) == "ok"
+        assert await requests.finish(me, request_id, state="done", outcome="success", duration_ms=1.0, run_id="x")
+        assert not await requests.cancel(request_id, "too late")
+        assert (await client.time())[0] > 0
         assert await store.release(res.value)
     finally:
         await store.aclose()

@@ -27,6 +27,7 @@ from jobs import FencedOut
 from jobs.celery_bridge import (
     HEADER_FENCING_TOKEN,
     HEADER_JOB_ID,
+    HEADER_LEASE_ID,
     HEADER_SCHEDULED_TIME,
     BeatScheduleError,
     CeleryTaskJob,
@@ -78,18 +79,20 @@ def worker(redis_server: ServerLike, queue: str, tmp_path: Path) -> Iterator[sub
         log.close()
 
 
-async def lease_token(client: Redis, keys: Keyspace, replica_id: str) -> tuple[int, str]:
+async def lease_token(client: Redis, keys: Keyspace, replica_id: str) -> tuple[tuple[int, str], str]:
+    """Acquire the lease: ((token, lease id), the stored value)."""
     store = RedisLeaseStore(client, keys)
     res = await store.try_acquire(Identity(replica_id, "test-host", os.getpid()), 60_000, datetime.now(UTC).isoformat())
-    assert res.acquired and res.token is not None and res.value is not None
-    return res.token, res.value
+    assert res.acquired and res.token is not None and res.value is not None and res.lease_id is not None
+    return (res.token, res.lease_id), res.value
 
 
-def make_ctx(client: Redis, keys: Keyspace, job_id: str, token: int, slot: datetime) -> JobContext:
+def make_ctx(client: Redis, keys: Keyspace, job_id: str, lease: tuple[int, str], slot: datetime) -> JobContext:
     return JobContext(
         job_id=job_id,
         replica_id="replica-a",
-        fencing_token=token,
+        fencing_token=lease[0],
+        lease_id=lease[1],
         scheduled_time=slot,
         redis=client,
         keys=keys,
@@ -144,7 +147,7 @@ async def test_scheduled_send_runs_on_a_real_worker_once_per_slot(
     first = by_slot[slot]
     assert first["task_id"] == slot_task_id(key_prefix, spec.id, slot)
     assert first["task_id"] != by_slot[next_slot]["task_id"]
-    assert first["fencing_token"] == token
+    assert first["fencing_token"] == token[0]
     assert first["job_id"] == spec.id
     assert first["payload"] == {"n": 1}
     assert first["routing_key"] == queue
@@ -162,9 +165,9 @@ async def test_stale_token_sends_nothing(redis_server: ServerLike, queue: str, k
         old_token, old_value = await lease_token(client, keys, "replica-a")
         assert await RedisLeaseStore(client, keys).release(old_value)
         new_token, _ = await lease_token(client, keys, "replica-b")
-        assert new_token > old_token
+        assert new_token[0] > old_token[0]
 
-        with pytest.raises(FencedOut, match=f"fencing token {old_token} is no longer current"):
+        with pytest.raises(FencedOut, match=f"fencing token {old_token[0]} is no longer current"):
             await spec.func(make_ctx(client, keys, spec.id, old_token, slot))
         assert queued_messages(redis_server, queue) == []
 
@@ -174,7 +177,8 @@ async def test_stale_token_sends_nothing(redis_server: ServerLike, queue: str, k
     headers = message["headers"]
     assert headers["id"] == slot_task_id(key_prefix, spec.id, slot)
     assert headers["task"] == RECORD_TASK
-    assert headers[HEADER_FENCING_TOKEN] == new_token
+    assert headers[HEADER_FENCING_TOKEN] == new_token[0]
+    assert headers[HEADER_LEASE_ID] == new_token[1]
     assert headers[HEADER_JOB_ID] == spec.id
     assert datetime.fromisoformat(headers[HEADER_SCHEDULED_TIME]) == slot
 

@@ -59,12 +59,6 @@ def test_wrong_password_exit_1(tmp_path: Path) -> None:
     assert "password" in line.lower() or "auth" in line.lower()
 
 
-def test_unknown_job_exit_2(redis_url: str) -> None:
-    proc = cli("run-job", "nope", env={"LIGHTSCHED_REDIS_URL": redis_url, "LIGHTSCHED_JOBS": "tests.support.recording_jobs:registry"})
-    assert proc.returncode == 2
-    assert "unknown job 'nope'" in one_line(proc) and "tick" in one_line(proc)
-
-
 def test_bad_jobs_reference_exit_2() -> None:
     proc = cli("jobs", "--jobs", "no_such_module:registry")
     assert proc.returncode == 2
@@ -108,15 +102,49 @@ def test_status_json_shape_and_handoff(redis_server: ServerLike, tmp_path: Path)
         assert leader.alive, "a handoff keeps the old leader running as a standby"
 
 
-def test_run_job_runs_once_now(redis_server: ServerLike, tmp_path: Path) -> None:
-    env = {
-        "LIGHTSCHED_REDIS_URL": redis_server.url,
-        "LIGHTSCHED_JOBS": "tests.support.recording_jobs:registry",
-        "LIGHTSCHED_RECORDING_DIR": str(tmp_path),
-        "LIGHTSCHED_REPLICA_ID": "manual",
-    }
-    proc = cli("run-job", "tick", env=env)
-    assert proc.returncode == 0, proc.stderr
-    lines = (tmp_path / "runs-manual.jsonl").read_text().splitlines()
-    assert len(lines) == 1
-    assert json.loads(lines[0])["fenced_write"] is False, "no leader: a manual run's fenced writes are refused"
+def test_run_job_asks_the_leader_and_waits_for_the_outcome(redis_server: ServerLike, tmp_path: Path) -> None:
+    """`run-job` is a request to the leader: the run happens there, serialised with the job's
+    scheduled runs, fenced, in the run history as `trigger: manual` with who asked. (Before,
+    it ran in the CLI's own process under a borrowed token, beside the leader's runs.)"""
+    env = {"LIGHTSCHED_REDIS_URL": redis_server.url}
+    with Fleet(redis_server.url, tmp_path, 2, http=False, interval_s=1.0, run_s=0.4) as fleet:
+        leader = fleet.wait_for_leader()
+        fleet.wait_for_runs(2)
+        proc = cli("run-job", "tick", "-p", "why=test", "--requested-by", "ops@test", env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert f"succeeded on {leader.name}" in proc.stdout, proc.stdout
+        manual = [r for r in fleet.runs() if r.get("trigger") == "manual"]
+        assert len(manual) == 1 and manual[0]["replica"] == leader.name
+        assert manual[0]["params"] == {"why": "test"} and manual[0]["fenced_write"] is True
+        runs = sorted(fleet.runs(), key=lambda r: r["start"])
+        for a, b in zip(runs, runs[1:], strict=False):
+            if a["pid"] == b["pid"]:
+                assert b["start"] >= a["end"] - 1e-3, f"two runs of one job at once: {a} {b}"
+        history = [json.loads(x) for x in fleet.client.lrange("{lightsched}:runs:tick", 0, -1)]
+        mine = [h for h in history if h.get("trigger") == "manual"]
+        assert len(mine) == 1 and mine[0]["requested_by"] == "ops@test" and mine[0]["status"] == "success"
+
+        queued = cli("run-job", "tick", "--no-wait", env=env)
+        assert queued.returncode == 0 and "queued" in queued.stdout, queued.stderr
+        fleet.wait_for_runs(1, where=lambda r: r.get("trigger") == "manual" and r["start"] > manual[0]["end"])
+
+        unknown = cli("run-job", "nope", env=env)
+        assert unknown.returncode == 2
+        line = one_line(unknown)
+        assert "unknown job 'nope'" in line and "tick" in line, line
+
+
+def test_run_job_without_a_leader_fails_clearly_and_cancels(redis_server: ServerLike) -> None:
+    env = {"LIGHTSCHED_REDIS_URL": redis_server.url}
+    proc = cli("run-job", "tick", "--pickup-timeout", "1", env=env)
+    assert proc.returncode == 1
+    line = one_line(proc)
+    assert "no leader took the request" in line and "cancelled" in line, line
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_server.url)
+    try:
+        states = {client.hget(k, "state") for k in client.scan_iter("{lightsched}:request:*")}
+    finally:
+        client.close()
+    assert states == {b"cancelled"}, "a request nobody took must not run later"

@@ -63,7 +63,7 @@ async def test_retries_run_under_the_same_slot_and_token(redis_url: str, key_pre
     rep = make(redis_url, key_prefix, reg, "a")
     async with run_scheduler(rep):
         await wait_until(lambda: rep.is_leader, what="leadership")
-        record = await rep.execute(reg.get("flaky"), datetime.now(UTC), rep.fencing_token or 0, term=rep.elector.current_term())
+        record = await rep.execute(reg.get("flaky"), datetime.now(UTC), rep.elector.current_term())
     assert record["status"] == "success" and record["attempts"] == 3
     assert [a[0] for a in attempts] == [1, 2, 3]
     assert len({(a[1], a[2]) for a in attempts}) == 1, "same token and slot for every attempt"
@@ -87,11 +87,11 @@ async def test_failure_timeout_and_no_retry_into_the_next_slot(redis_url: str, k
         await wait_until(lambda: rep.is_leader, what="leadership")
         term = rep.elector.current_term()
         slot = datetime.now(UTC)
-        rec = await rep.execute(reg.get("boom"), slot, term.token, next_slot=slot + timedelta(seconds=1), term=term)
+        rec = await rep.execute(reg.get("boom"), slot, term, next_slot=slot + timedelta(seconds=1))
         assert rec["status"] == "failed"
         assert 1 <= rec["attempts"] <= 2, "backoff 0.4, 0.8... must stop before the next slot 1 s later"
         assert rec["error"].startswith("RuntimeError: broken") and len(rec["error"]) <= 500
-        rec = await rep.execute(reg.get("slow"), slot, term.token, term=term)
+        rec = await rep.execute(reg.get("slow"), slot, term)
         assert rec["status"] == "timeout"
 
 
@@ -106,7 +106,7 @@ async def test_plain_functions_run_in_a_worker_thread(redis_url: str, key_prefix
     rep = make(redis_url, key_prefix, reg, "a")
     async with run_scheduler(rep):
         await wait_until(lambda: rep.is_leader, what="leadership")
-        rec = await rep.execute(reg.get("sync"), datetime.now(UTC), rep.fencing_token or 0, term=rep.elector.current_term())
+        rec = await rep.execute(reg.get("sync"), datetime.now(UTC), rep.elector.current_term())
     assert rec["status"] == "success"
     assert seen and seen[0] != threading.main_thread().name
 
@@ -177,15 +177,15 @@ async def test_a_run_cancelled_before_it_starts_does_not_block_the_job() -> None
     cancels a task before its first step; the job must still run when submitted again."""
     from types import SimpleNamespace
 
-    from scheduler.runtime import _GatedExecutor
+    from scheduler.executor import JobExecutor
 
     ran: list[str] = []
 
     async def submit(job_id: str, run_times: list[datetime]) -> None:
         ran.append(job_id)
 
-    executor = _GatedExecutor(submit, lambda job_id, slots: None)
-    executor._loop = __import__("asyncio").get_running_loop()
+    executor = JobExecutor(submit, lambda job_id, slots: None)
+    executor.bind(__import__("asyncio").get_running_loop())
     job = SimpleNamespace(id="j")
     executor.submit_job(job, [datetime.now(UTC)])  # type: ignore[arg-type]
     assert executor.cancel_all() == 1  # before the task's first step

@@ -47,7 +47,7 @@ async def job_context(
         result = await store.try_acquire(
             Identity(replica_id, socket.gethostname(), os.getpid()), lease_ttl_ms, datetime.now(UTC).isoformat()
         )
-        if not result.acquired or result.token is None:
+        if not result.acquired or result.token is None or result.lease_id is None:
             raise AssertionError(f"test lease under {keys.leader} is held by {result.holder}")
         yield JobContext(
             job_id=job_id,
@@ -61,6 +61,7 @@ async def job_context(
             params=dict(params or {}),
             manual=bool(params),
             loop_lag_s=loop_lag_s,
+            lease_id=result.lease_id,
         )
     finally:
         await client.aclose()
@@ -73,6 +74,7 @@ async def make_stale(ctx: JobContext) -> None:
         "host": "elsewhere",
         "pid": 1,
         "fencing_token": ctx.fencing_token + 1,
+        "lease_id": "usurper-lease",
         "acquired_at": datetime.now(UTC).isoformat(),
     }
     await ctx.redis.set(ctx.keys.leader, json.dumps(other), px=120_000)

@@ -68,6 +68,8 @@ async def tick(ctx: JobContext) -> None:
         "token_after_write": int(current) if current is not None else None,
         "pid": os.getpid(),
         "audit_id": audit_id,
+        "trigger": ctx.trigger,
+        "params": dict(ctx.params),
     }
     with open(Path(cfg.dir) / f"runs-{ctx.replica_id}.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps(line) + "\n")

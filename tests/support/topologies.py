@@ -484,7 +484,10 @@ class ElectorFleet:
                 lease, self.keys, wait_replicas=settings.wait_replicas, wait_timeout_ms=settings.wait_timeout_ms
             )
             elector = Elector(store, Identity(f"m{i}", "test", i), settings.timings)
-            m = Member(f"m{i}", elector, SlotStore(jobs, self.keys), [lease, jobs])
+            slots = SlotStore(
+                jobs, self.keys, wait_replicas=settings.wait_replicas, wait_timeout_ms=settings.wait_timeout_ms
+            )
+            m = Member(f"m{i}", elector, slots, [lease, jobs])
 
             def on_event(event: Any, m: Member = m) -> None:
                 now = time.monotonic()
@@ -511,7 +514,7 @@ class ElectorFleet:
             slot_ms = int(time.time() * 1000) // self.slot_ms * self.slot_ms
             try:
                 with anyio.fail_after(2):
-                    res = await m.slots.claim(self.JOB, from_ms(slot_ms), term.token, m.name, None)
+                    res = await m.slots.claim(self.JOB, from_ms(slot_ms), term.fence, term.token, m.name, None)
             except (redis.RedisError, OSError, TimeoutError) as exc:
                 m.errors.append(f"{type(exc).__name__}: {exc}")
                 continue

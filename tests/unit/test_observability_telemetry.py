@@ -168,9 +168,9 @@ def test_job_metrics_count_runs_durations_and_lateness(telemetry: Telemetry) -> 
     assert got[("lightsched_job_lateness_seconds_count", (("job_id", "tick"),))] == 2
     assert got[("lightsched_job_lateness_seconds_bucket", (("job_id", "tick"), ("le", "0.0025")))] == 1
     assert got[("lightsched_job_lateness_seconds_sum", (("job_id", "tick"),))] == pytest.approx(0.202)
-    assert got[("lightsched_slots_missed_total", (("job_id", "report"),))] == 3
+    assert got[("lightsched_slots_missed_total", (("cause", "late"), ("job_id", "report")))] == 3
     assert got[("lightsched_slots_coalesced_total", (("job_id", "tick"),))] == 1
-    assert got[("lightsched_slots_missed_total", (("job_id", "tick"),))] == 0
+    assert got[("lightsched_slots_missed_total", (("cause", "late"), ("job_id", "tick")))] == 0
 
 
 def test_leadership_gauges_counters_and_spans(telemetry: Telemetry, exporter: InMemorySpanExporter) -> None:

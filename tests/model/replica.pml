@@ -1,0 +1,396 @@
+/* replica.pml -- one lightsched replica: the elector (leader/elector.py,
+ * leader/timing.py), the runtime's slot loop (scheduler/runtime.py,
+ * scheduler/slots.py), its worker threads, and the `run-job` CLI. Included by
+ * lightsched.pml; see its header for what is modelled and why.
+ */
+
+/* ---- channel plumbing: one request in flight per (replica, client) ---- */
+
+inline SEND(ch, k, a, t, x) {
+  ck[ch] = k; cs[ch] = S_Q; ca[ch] = a; ct[ch] = t; cx[ch] = x;
+  rr[ch] = 0; ra[ch] = 0; rt[ch] = 0
+}
+
+/* Takes the reply of channel ch into hk/ha/ht/hx/hres/hra/hrt and frees ch. */
+inline TAKE(ch) {
+  hk = ck[ch]; ha = ca[ch]; ht = ct[ch]; hx = cx[ch];
+  hres = rr[ch]; hra = ra[ch]; hrt = rt[ch];
+  ck[ch] = 0; cs[ch] = S_FREE; ca[ch] = 0; ct[ch] = 0; cx[ch] = 0;
+  rr[ch] = 0; ra[ch] = 0; rt[ch] = 0
+}
+
+/* The smallest attempt id nothing refers to any more: lease_id / acquired_at
+ * are unique per attempt; reusing a forgotten one is a renaming. */
+inline fresh_aid() {
+  ha = 1;
+  do
+  :: ha <= MAXAID && REFD(ha) -> ha++
+  :: ha <= MAXAID && !REFD(ha) -> break
+  :: ha > MAXAID -> assert(false) /* raise MAXAID */
+  od
+}
+
+/* ---- the runtime ---- */
+
+#if F_JOBS
+/* A new term: continue from the job's last claimed slot (plan_resume). The
+ * read is done here, at the primary, when the term starts. */
+inline takeover(r) {
+  if
+  :: js[r] == J_OFF -> js[r] = J_IDLE
+  :: else -> skip                                     /* fixed: still occupied by a thread */
+  fi;
+  if
+  :: NO_MARK -> pos[r] = WALL(r) / PER + 1            /* mutant (e): from its own wall clock */
+  :: else -> pos[r] = jl[prim] + 1
+  fi;
+  do
+  :: pos[r] <= NS && STIME(pos[r]) + GRACE < WALL(r) -> acc[pos[r]] = 1; pos[r]++   /* missed: no_leader */
+  :: else -> break
+  od;
+  if
+  :: pos[r] > NS + 1 -> pos[r] = NS + 1
+  :: else -> skip
+  fi
+}
+
+/* A slot's claim (of this replica) is settled without a run starting now. */
+inline settle(r, s) {
+  acc[s] = 1;
+  if
+  :: pend[s] == r + 1 -> pend[s] = 0
+  :: else -> skip
+  fi
+}
+
+/* StoppedLeading: the runtime pauses the scheduler and cancels its runs. */
+inline runtime_stop(r) {
+  for (hi : 1 .. NS) {
+    if
+    :: pend[hi] == r + 1 -> acc[hi] = 1; pend[hi] = 0  /* claimed-then-interrupted */
+    :: else -> skip
+    fi
+  };
+  if
+  :: js[r] == J_RUN && FIX_OCCUPY -> skip             /* fixed: occupied until the thread returns */
+  :: js[r] == J_RUN && !FIX_OCCUPY -> orph[r]++; js[r] = J_OFF   /* today: task cancelled, thread runs on */
+  :: else -> js[r] = J_OFF; cslot[r] = 0
+  fi;
+  pos[r] = 0
+}
+
+/* A run starts: its worker thread starts. s = 0 for the manual run. */
+inline run_start(r, s, manual) {
+#if P_SERIAL
+  assert(nthr[r] == 0);                               /* P_serial: one run of the job per replica */
+  assert(!(cthr && cta == taid[r] && ctt == ttok[r])); /* P_serial: a manual run under this term is running */
+#endif
+  nthr[r]++; tha[r] = taid[r]; tht[r] = ttok[r]; thw[r] = 1; js[r] = J_RUN; cslot[r] = 0;
+  if
+  :: !manual ->
+     printf("MSC: r%d RUNS slot %d (token %d)\n", r, s, ttok[r]);
+     runs[s]++;
+#if P_ONCE
+     assert(runs[s] <= 1);                            /* P_once */
+#endif
+#if P_ONCE_HIST
+     assert(runs[s] <= 1 || ((lostc >> s) & 1));      /* P_once_history */
+#endif
+#if P_ACCOUNTED
+     assert(now + FB >= STIME(s));                    /* P_accounted: not before its time */
+#endif
+     settle(r, s)
+  :: manual ->
+     printf("MSC: r%d RUNS the manual request (token %d)\n", r, ttok[r]);
+     mruns++;
+#if P_ONCE
+     assert(mruns <= 1);                              /* P_once (manual request) */
+#endif
+#if P_ONCE_HIST
+     assert(mruns <= 1 || mlost);
+#endif
+#if P_CANCEL
+     assert(!mcanc);                                  /* P_cancel: it was reported cancelled */
+#endif
+     skip
+  fi
+}
+
+inline job_reply(r) {
+  TAKE(CHJ(r));
+  if
+  :: hk == K_CLM && !(js[r] == J_CLAIM && cslot[r] == hx && el[r] == E_LEAD && taid[r] == ha && ttok[r] == ht) ->
+     skip                                             /* its task was cancelled */
+  :: hk == K_CLM && js[r] == J_CLAIM && cslot[r] == hx && el[r] == E_LEAD && taid[r] == ha && ttok[r] == ht ->
+     if
+     :: hres == R_OK && hw && B(r) -> run_start(r, hx, 0)
+     :: hres == R_OK && hw && !B(r) -> settle(r, hx); js[r] = J_IDLE; cslot[r] = 0   /* not leading: not run */
+     :: hres == R_OK && !hw -> settle(r, hx); js[r] = J_IDLE; cslot[r] = 0           /* missed: unreplicated */
+     :: hres == R_CLAIMED ->
+#if P_ACCOUNTED
+        assert(acc[hx] || (pend[hx] != 0 && pend[hx] != r + 1));  /* P_accounted: skipped silently */
+#endif
+        if
+        :: pend[hx] == r + 1 -> pend[hx] = 0
+        :: else -> skip
+        fi;
+        js[r] = J_IDLE; cslot[r] = 0
+     :: hres == R_FENCED -> js[r] = J_IDLE; cslot[r] = 0
+     :: hres == R_FUTURE -> js[r] = J_RETRY
+     :: hres == R_ERR -> settle(r, hx); js[r] = J_IDLE; cslot[r] = 0                 /* missed: redis */
+     :: else -> assert(false)
+     fi
+  :: hk == K_MCL && !(js[r] == J_MCLAIM && el[r] == E_LEAD && taid[r] == ha && ttok[r] == ht) -> skip
+  :: hk == K_MCL && js[r] == J_MCLAIM && el[r] == E_LEAD && taid[r] == ha && ttok[r] == ht ->
+     if
+     :: hres == R_OK && hw && B(r) -> run_start(r, 0, 1)
+     :: else -> js[r] = J_IDLE
+     fi
+  :: else -> assert(false)
+  fi
+}
+
+inline runtime(r) {
+  if
+  /* due slots fire on the WALL clock: late ones past the grace are missed, the rest coalesce into the last */
+  :: d_step {
+       js[r] == J_IDLE && B(r) && !drn[r] && pos[r] <= NS && STIME(pos[r]) <= WALL(r) && ck[CHJ(r)] == 0 ->
+       hs = 0;
+       do
+       :: pos[r] <= NS && STIME(pos[r]) <= WALL(r) ->
+          if
+          :: WALL(r) - STIME(pos[r]) > GRACE -> acc[pos[r]] = 1          /* missed: late */
+          :: else ->
+             if
+             :: hs != 0 -> acc[hs] = 1                                    /* coalesced */
+             :: else -> skip
+             fi;
+             hs = pos[r]
+          fi;
+          pos[r]++
+       :: else -> break
+       od;
+       if
+       :: hs != 0 -> SEND(CHJ(r), K_CLM, taid[r], ttok[r], hs); js[r] = J_CLAIM; cslot[r] = hs
+       :: else -> skip
+       fi;
+       INV
+     }
+  /* fixed: a claim refused as 'future' is sent again (when Redis TIME reaches the slot) */
+  :: d_step {
+       js[r] == J_RETRY && B(r) && !drn[r] && ck[CHJ(r)] == 0 ->
+       SEND(CHJ(r), K_CLM, taid[r], ttok[r], cslot[r]); js[r] = J_CLAIM; INV
+     }
+  :: d_step { REPLY_OK(CHJ(r)) -> hw = 1; job_reply(r); INV }
+  :: d_step { REPLY_TIMEOUT(CHJ(r), r) -> hw = 0; wto[r] = 1; job_reply(r); INV }
+  /* the run's thread returns; its task completes and frees the job */
+  :: d_step {
+       js[r] == J_RUN && nthr[r] > orph[r] ->
+       nthr[r]--;
+       if
+       :: el[r] == E_LEAD -> js[r] = J_IDLE
+       :: else -> js[r] = J_OFF
+       fi;
+       if
+       :: nthr[r] == 0 -> tha[r] = 0; tht[r] = 0; thw[r] = 0
+       :: else -> skip
+       fi;
+       INV
+     }
+  /* today: the thread of a cancelled run returns (nobody was waiting for it) */
+  :: d_step {
+       orph[r] > 0 ->
+       orph[r]--; nthr[r]--;
+       if
+       :: nthr[r] == 0 -> tha[r] = 0; tht[r] = 0; thw[r] = 0
+       :: else -> skip
+       fi;
+       INV
+     }
+  /* the running job's fenced write (ctx.fenced_set & co.) */
+  :: d_step {
+       nthr[r] > 0 && thw[r] && ck[CHT(r)] == 0 ->
+       SEND(CHT(r), K_FW, tha[r], tht[r], 0); thw[r] = 0; INV
+     }
+  :: d_step { REPLY_ANY(CHT(r)) -> TAKE(CHT(r)); INV }
+#if F_MANUAL
+  /* fixed: the leader claims a pending manual request, through the job's own queue */
+  :: d_step {
+       FIX_MANUAL && js[r] == J_IDLE && B(r) && !drn[r] && mr[prim] == M_PEND && ck[CHJ(r)] == 0 ->
+       SEND(CHJ(r), K_MCL, taid[r], ttok[r], 0); js[r] = J_MCLAIM; INV
+     }
+#endif
+  fi
+}
+#endif /* F_JOBS */
+
+#if F_WRITER
+/* Without the runtime: a writer that may send a fenced write under its latest
+ * term at any time, also long after that term ended (a stale thread). */
+inline writer(r) {
+  if
+  :: d_step { tha[r] != 0 && ck[CHT(r)] == 0 -> SEND(CHT(r), K_FW, tha[r], tht[r], 0); INV }
+  :: d_step { REPLY_ANY(CHT(r)) -> TAKE(CHT(r)); INV }
+  fi
+}
+#endif
+
+/* ---- the elector ---- */
+
+inline start_term(r, a, t, sent) {
+#if P_TOKENS
+  assert(t < 31);
+  if
+  :: (accmask >> t) & 1 -> assert(exmint)             /* P_tokens: a token accepted twice */
+  :: else -> skip
+  fi;
+  accmask = accmask | (1 << t);
+  if
+  :: t > maxacc -> maxacc = t
+  :: else -> skip
+  fi;
+#endif
+  printf("MSC: r%d LEADS with token %d (lease %d)\n", r, t, a);
+  el[r] = E_LEAD; taid[r] = a; ttok[r] = t; tsent[r] = sent; asent[r] = 0; unans[r] = 0;
+#if F_WRITER
+  tha[r] = a; tht[r] = t;
+#endif
+#if F_JOBS
+  takeover(r);
+#endif
+  skip
+}
+
+/* The term ends (StoppedLeading); rel: release the lease, best effort. */
+inline stop(r, rel) {
+  printf("MSC: r%d STOPS leading (token %d)\n", r, ttok[r]);
+  if
+  :: rel && ck[CHL(r)] == 0 -> SEND(CHL(r), K_REL, taid[r], ttok[r], 1)
+  :: else -> skip
+  fi;
+  el[r] = E_IDLE; taid[r] = 0; ttok[r] = 0; tsent[r] = 0; asent[r] = 0; drn[r] = 0;
+#if F_JOBS
+  runtime_stop(r);
+#endif
+  skip
+}
+
+inline lease_reply(r) {
+  TAKE(CHL(r));
+  if
+  :: hk == K_ACQ ->
+     if
+     :: hres == R_ERR -> unans[r] = unans[r] | (1 << ha); el[r] = E_IDLE; asent[r] = 0
+     :: hres == R_OK && !hw ->                        /* short of acks: not held; give it back */
+        printf("MSC: r%d acquire of token %d short of acks: gives it back\n", r, hrt);
+        el[r] = E_IDLE; asent[r] = 0; SEND(CHL(r), K_REL, ha, hrt, 0)
+     :: hres == R_OK && hw -> start_term(r, ha, hrt, asent[r])
+     :: hres == R_HELD && ((unans[r] >> hra) & 1) ->  /* held by an unanswered attempt of ours: adopt it */
+        printf("MSC: r%d adopts lease %d (token %d) of an unanswered attempt\n", r, hra, hrt);
+        SEND(CHL(r), K_ADO, hra, hrt, 0); asent[r] = MONO(r); el[r] = E_ADO
+     :: else -> el[r] = E_IDLE; asent[r] = 0
+     fi
+  :: hk == K_ADO ->
+     if
+     :: hres == R_OK && hw -> start_term(r, ha, ht, asent[r])
+     :: else -> el[r] = E_IDLE; asent[r] = 0
+     fi
+  :: hk == K_REN && !(el[r] == E_LEAD && taid[r] == ha && ttok[r] == ht) -> skip   /* an older term's */
+  :: hk == K_REN && el[r] == E_LEAD && taid[r] == ha && ttok[r] == ht ->
+     if
+     :: hres == R_ERR -> skip                         /* retried until the deadline */
+     :: hres == R_OK && hw && B(r) ->
+        if
+        :: asent[r] > tsent[r] -> tsent[r] = asent[r]
+        :: else -> skip
+        fi
+     :: hres == R_OK && hw && !B(r) -> skip           /* landed after the deadline */
+     :: hres == R_OK && !hw -> stop(r, FIX_RENEW_REL) /* unreplicated: step down at once */
+     :: hres == R_NO -> stop(r, 0)                    /* lost */
+     :: else -> assert(false)
+     fi;
+     asent[r] = 0
+  :: hk == K_REL -> skip
+  :: else -> assert(false)
+  fi
+}
+
+inline elector(r) {
+  if
+  /* standby: one acquire attempt (a fresh lease_id / acquired_at per attempt) */
+  :: d_step {
+       el[r] == E_IDLE && ck[CHL(r)] == 0 && STANDBY_TIMER(r) ->
+       fresh_aid();
+       SEND(CHL(r), K_ACQ, ha, 0, 0); asent[r] = MONO(r); el[r] = E_ACQ; DID(r); INV
+     }
+  /* leader: renew, only while the term is valid */
+  :: d_step {
+       el[r] == E_LEAD && B(r) && ck[CHL(r)] == 0 && LEADER_TIMER(r) ->
+       SEND(CHL(r), K_REN, taid[r], ttok[r], 0); asent[r] = MONO(r); DID(r); INV
+     }
+  /* leader: its deadline passed (stalled, or renewals failed): step down, release best effort */
+  :: d_step { el[r] == E_LEAD && !B(r) -> stop(r, 1); INV }
+  :: d_step { REPLY_OK(CHL(r)) -> hw = 1; lease_reply(r); INV }
+  :: d_step { REPLY_TIMEOUT(CHL(r), r) -> hw = 0; wto[r] = 1; lease_reply(r); INV }
+  /* graceful handoff: stop starting runs, drain (bounded: any time), release, sit out one retry period */
+  :: d_step { FAULTS_OPEN && nHO < MAXHO && B(r) && !drn[r] -> nHO++; drn[r] = 1; INV }
+  :: d_step {
+       drn[r] && el[r] == E_LEAD && ck[CHL(r)] == 0 ->
+       stop(r, 1); COOLOFF(r); INV
+     }
+  fi
+}
+
+/* ---- clocks ---- */
+inline clocks(r) {
+  if
+  /* the monotonic clock drifts by one tick (bounded drift) */
+  :: d_step { FAULTS_OPEN && nDR < MAXDR && moff[r] == 1 -> nDR++; moff[r] = 0; INV }
+  :: d_step { FAULTS_OPEN && nDR < MAXDR && moff[r] == 1 -> nDR++; moff[r] = 2; INV }
+  /* the wall clock jumps forward, and is corrected later */
+  :: d_step { FAULTS_OPEN && nWJ < MAXWJ && woff[r] == 0 -> nWJ++; woff[r] = WJ; printf("MSC: r%d wall clock jumps +%d\n", r, WJ); INV }
+  :: d_step { woff[r] != 0 -> woff[r] = 0; printf("MSC: r%d wall clock corrected\n", r); INV }
+  fi
+}
+
+/* ---- the `run-job` CLI ---- */
+#if F_MANUAL
+inline cli_actions() {
+  if
+  /* today: read the leader's token NUMBER and run the job here, outside the leader */
+  :: d_step {
+       !FIX_MANUAL && nMR < MAXMR ->
+       nMR++; cthr = 1; cta = lk_aid[prim]; ctt = lk_tok[prim];
+       printf("MSC: CLI runs the job under token %d\n", ctt);
+#if P_SERIAL
+       assert(cta == 0 || !((nthr[0] > orph[0] && js[0] == J_RUN && tha[0] == cta && tht[0] == ctt)
+                         || (nthr[1] > orph[1] && js[1] == J_RUN && tha[1] == cta && tht[1] == ctt)));
+#endif
+       INV
+     }
+  :: d_step { cthr -> cthr = 0; cta = 0; ctt = 0; INV }
+  /* fixed: a request to the leader; cancelled if nobody picks it up in time */
+  :: d_step { FIX_MANUAL && nMR < MAXMR && ck[CHM] == 0 -> nMR++; SEND(CHM, K_MRQ, 0, 0, 0); cli = C_SENT; INV }
+  :: d_step { FIX_MANUAL && cli == C_STORED && ck[CHM] == 0 -> SEND(CHM, K_MCN, 0, 0, 0); cli = C_CANCEL; INV }
+  :: d_step { REPLY_OK(CHM) -> hw = 1; cli_reply(); INV }
+  :: d_step { CLI_TIMEOUT(CHM) -> hw = 0; cli_reply(); INV }
+  fi
+}
+
+inline cli_reply() {
+  TAKE(CHM);
+  if
+  :: hk == K_MRQ && hres == R_OK -> cli = C_STORED
+  :: hk == K_MRQ && hres != R_OK -> cli = C_DONE       /* reports a failure */
+  :: hk == K_MCN && hres == R_CANC && hw ->
+     printf("MSC: CLI reports the request CANCELLED\n");
+     mcanc = 1; cli = C_DONE;
+#if P_CANCEL
+     assert(mruns == 0);                              /* P_cancel */
+#endif
+     skip
+  :: hk == K_MCN && !(hres == R_CANC && hw) -> cli = C_DONE   /* claimed by the leader, or unknown */
+  :: else -> assert(false)
+  fi
+}
+#endif
