@@ -188,6 +188,7 @@ class Elector:
         self._unanswered: deque[str] = deque(maxlen=8)
         # Set when a renew succeeded in Redis but came back after the deadline.
         self._renew_landed_late = False
+        self._withdrawn = False
 
     def __repr__(self) -> str:
         return f"Elector(replica_id={self.identity.replica_id!r}, leading={self.is_leader()})"
@@ -223,6 +224,15 @@ class Elector:
             last_loop_mono=self._last_loop_mono,
             transitions=self._counters.transitions,
         )
+
+    def withdraw(self) -> None:
+        """Stop contending: from now on this elector never acquires the lease again.
+
+        A term in progress goes on (renewed) until it is released or lost. A
+        stopping replica calls this first, so a lease lost while it drains is
+        not taken back only to be released a moment later.
+        """
+        self._withdrawn = True
 
     async def release(self) -> bool:
         """Step down voluntarily and hand the lease to a standby at once.
@@ -329,6 +339,8 @@ class Elector:
                 await self._wake.wait()
 
     async def _standby_step(self) -> None:
+        if self._withdrawn:
+            await anyio.sleep_forever()
         self._wake = anyio.Event()
         now = self._clock.monotonic()
         if now < self._cooloff_until:

@@ -63,12 +63,20 @@ async def run_scripts(
         # Alone: a plain EVALSHA (a pipeline would first ask SCRIPT EXISTS).
         script, keys, args = calls[0]
         return [await _direct(script, keys, args)], None
-    async with client.pipeline(transaction=False) as pipe:
-        for script, keys, args in calls:
-            await script(keys=list(keys), args=list(args), client=pipe)
-        if wait_replicas > 0:
-            pipe.execute_command("WAIT", wait_replicas, wait_timeout_ms)
-        results = await pipe.execute(raise_on_error=False)
+    for attempt in (1, 2):
+        async with client.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                await script(keys=list(keys), args=list(args), client=pipe)
+            if wait_replicas > 0:
+                pipe.execute_command("WAIT", wait_replicas, wait_timeout_ms)
+            results = await pipe.execute(raise_on_error=False)
+        missing = {id(c[0]): c[0] for c, r in zip(calls, results, strict=False) if isinstance(r, rexc.NoScriptError)}
+        if not missing or attempt == 2:
+            break
+        # A server that lost its script cache (a failover promoted a replica, a restart): load
+        # them and send the batch again; the pipeline's own SCRIPT EXISTS check can be stale.
+        for script in missing.values():
+            script.sha = await client.script_load(script.script)
     if wait_replicas > 0:
         acked = results.pop()
         if isinstance(acked, Exception):

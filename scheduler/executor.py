@@ -19,9 +19,7 @@ long it has been running past its deadline.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
-import threading
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -34,51 +32,49 @@ __all__ = ["JobExecutor", "ThreadRun"]
 
 T = TypeVar("T")
 
-#: Worker threads running job functions at once, across all jobs of a replica.
+#: Worker threads running job functions at once, across all jobs of a replica (anyio's default too).
 MAX_JOB_THREADS = 40
 
 
 class ThreadRun(Generic[T]):
-    """One call of a plain function on a daemon thread of its own.
+    """One call of a plain function in an anyio worker thread, kept track of until it returns.
 
-    `done` is an asyncio future resolved on the loop when the thread returns,
-    with the function's result or exception. A daemon thread cannot keep a
-    stopping process alive; everything else waits for it.
+    A keeper task awaits the thread without ever giving up on it (anyio's
+    `to_thread.run_sync` without abandoning), so `done` resolves only when the
+    function has really returned. `wait()` may be cancelled (leadership lost,
+    a timeout): that ends the wait, not the keeper nor the thread. The thread
+    is anyio's, so the function may call back into the loop with
+    `anyio.from_thread.run(...)`.
     """
 
-    def __init__(self, job_id: str, func: Callable[..., T], *args: Any, deadline_mono: float | None = None) -> None:
+    def __init__(
+        self,
+        job_id: str,
+        func: Callable[..., T],
+        *args: Any,
+        deadline_mono: float | None = None,
+        limiter: anyio.CapacityLimiter | None = None,
+    ) -> None:
         self.job_id = job_id
         self.deadline_mono = deadline_mono
-        self._loop = asyncio.get_running_loop()
-        self.done: asyncio.Future[T] = self._loop.create_future()
-        self._call = functools.partial(contextvars.copy_context().run, func, *args)
-        self._thread = threading.Thread(target=self._target, name=f"lightsched-job:{job_id}", daemon=True)
+        self.done: asyncio.Task[T] = asyncio.get_running_loop().create_task(
+            self._keep(func, args, limiter), name=f"lightsched-thread:{job_id}"
+        )
+        self.done.add_done_callback(_retrieve)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def _target(self) -> None:
-        try:
-            outcome: tuple[bool, Any] = (True, self._call())
-        except BaseException as exc:  # noqa: BLE001 - handed to the loop as the run's outcome
-            outcome = (False, exc)
-        try:
-            self._loop.call_soon_threadsafe(self._settle, outcome)
-        except RuntimeError:
-            pass  # the loop is closed: the process is stopping
-
-    def _settle(self, outcome: tuple[bool, Any]) -> None:
-        if self.done.done():
-            return
-        ok, value = outcome
-        if ok:
-            self.done.set_result(value)
-        else:
-            self.done.set_exception(value)
+    @staticmethod
+    async def _keep(func: Callable[..., T], args: tuple[Any, ...], limiter: anyio.CapacityLimiter | None) -> T:
+        return await anyio.to_thread.run_sync(func, *args, limiter=limiter)
 
     async def wait(self) -> T:
-        """The function's result; cancelling this wait leaves the thread running."""
+        """The function's result; cancelling this wait leaves the thread (and its keeper) running."""
         return await asyncio.shield(self.done)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a keeper's exception as seen: the run that started it may have stopped waiting."""
+    if not task.cancelled():
+        task.exception()
 
 
 Item = Any  # a slot (tz-aware datetime) or a manual request

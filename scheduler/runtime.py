@@ -575,6 +575,8 @@ class Replica:
         self._draining = False
 
     async def _shutdown(self) -> None:
+        if self.elector is not None:
+            self.elector.withdraw()  # a lease lost while draining is not taken back
         await self._drain()
         if self.elector is not None and self.elector.term is not None:
             await self.elector.release()
@@ -652,53 +654,51 @@ class Replica:
         """Claim `slot` under `term`: True to run it, False to skip it, None to stop running slots."""
         assert self.slots is not None and self.elector is not None
         next_slot = self._triggers[spec.id].get_next_fire_time(slot, slot)
-        grace = spec.options.misfire_grace_time or self.settings.misfire_grace_time
-        warned_ahead = False
-        while True:
-            before = self.clock.wall()
-            try:
-                # No local deadline here: the script checks the fence when it runs, so a slow claim
-                # is safe, and giving up on it would lose a slot it may still win. The batch itself
-                # is bounded (SlotStore timeout).
-                claim = await self.slots.claim(spec.id, slot, term.fence, term.token, self.settings.replica_id, next_slot)
-            except RedisError as exc:
-                self._missed(spec.id, 1, "redis", "slot missed: could not claim it", slot=slot.isoformat(),
-                             error=str(exc) or type(exc).__name__)
-                return False
-            if claim.redis_now_ms is not None:
-                self._note_skew(before, self.clock.wall(), claim.redis_now_ms)
-            match claim.reason:
-                case "ok":
-                    return True
-                case "future":
-                    assert claim.redis_now_ms is not None
-                    wait_s = (to_ms(slot) - claim.redis_now_ms) / 1000
-                    if wait_s > grace:
-                        self._missed(spec.id, 1, "clock_ahead", "slot missed: this replica's clock runs ahead of Redis",
-                                     slot=slot.isoformat(), ahead_s=round(wait_s, 3))
-                        return False
-                    if not warned_ahead:
-                        warned_ahead = True
-                        log.warning(
-                            "slot lies ahead of Redis' clock; waiting for it",
-                            extra={"event": "slot_ahead", "job_id": spec.id, "slot": slot.isoformat(),
-                                   "ahead_s": round(wait_s, 3), "fencing_token": term.token},
-                        )
-                    await anyio.sleep(max(0.01, wait_s - self.settings.max_clock_skew_ms / 2000))
-                    if self.elector.current_term() is not term:
-                        return None
-                case "unreplicated":
-                    self._missed(spec.id, 1, "unreplicated",
-                                 "slot missed: its claim was not acknowledged by enough replicas (WAIT)",
-                                 slot=slot.isoformat(), fencing_token=term.token)
+        before = self.clock.wall()
+        try:
+            # No local deadline here: the script checks the fence when it runs, so a slow claim
+            # is safe, and giving up on it would lose a slot it may still win. The batch itself
+            # is bounded (SlotStore timeout).
+            claim = await self.slots.claim(spec.id, slot, term.fence, term.token, self.settings.replica_id, next_slot)
+        except RedisError as exc:
+            self._missed(spec.id, 1, "redis", "slot missed: could not claim it", slot=slot.isoformat(),
+                         error=str(exc) or type(exc).__name__)
+            return False
+        if claim.redis_now_ms is not None:
+            self._note_skew(before, self.clock.wall(), claim.redis_now_ms)
+        match claim.reason:
+            case "ok":
+                return True
+            case "future":
+                # This replica's wall clock runs ahead: the slot is not due by Redis' clock. It is
+                # queued again for when it is (claiming it now would also refuse the real slots
+                # before it), or counted missed when that is beyond the misfire grace.
+                assert claim.redis_now_ms is not None
+                wait_s = (to_ms(slot) - claim.redis_now_ms) / 1000
+                grace = spec.options.misfire_grace_time or self.settings.misfire_grace_time
+                if wait_s > grace:
+                    self._missed(spec.id, 1, "clock_ahead", "slot missed: this replica's clock runs far ahead of Redis",
+                                 slot=slot.isoformat(), ahead_s=round(wait_s, 3))
                     return False
-                case reason:
-                    log.warning(
-                        "slot claim refused",
-                        extra={"event": "slot_claim_refused", "job_id": spec.id, "slot": slot.isoformat(),
-                               "reason": reason, "fencing_token": term.token},
-                    )
-                    return False if reason == "claimed" else None
+                log.warning(
+                    "slot lies ahead of Redis' clock; deferred until it is due",
+                    extra={"event": "slot_ahead", "job_id": spec.id, "slot": slot.isoformat(),
+                           "ahead_s": round(wait_s, 3), "fencing_token": term.token},
+                )
+                self._executor.enqueue_later(max(0.0, wait_s - self.settings.max_clock_skew_ms / 2000), spec.id, [slot])
+                return False
+            case "unreplicated":
+                self._missed(spec.id, 1, "unreplicated",
+                             "slot missed: its claim was not acknowledged by enough replicas (WAIT)",
+                             slot=slot.isoformat(), fencing_token=term.token)
+                return False
+            case reason:
+                log.warning(
+                    "slot claim refused",
+                    extra={"event": "slot_claim_refused", "job_id": spec.id, "slot": slot.isoformat(),
+                           "reason": reason, "fencing_token": term.token},
+                )
+                return False if reason == "claimed" else None
 
     async def _run_slot(self, spec: JobSpec, slot: datetime) -> bool:
         """Claim and run one slot. Returns False when this replica must stop running slots."""
@@ -864,11 +864,8 @@ class Replica:
                         await spec.func(ctx)  # type: ignore[misc]
                     else:
                         deadline = self.clock.monotonic() + timeout if timeout else None
-                        run = ThreadRun(spec.id, spec.func, ctx, deadline_mono=deadline)
-                        await self._executor.limiter.acquire_on_behalf_of(run)
-                        run.done.add_done_callback(lambda _: self._executor.limiter.release_on_behalf_of(run))
+                        run = ThreadRun(spec.id, spec.func, ctx, deadline_mono=deadline, limiter=self._executor.limiter)
                         self._executor.hold(run)
-                        run.start()
                         await run.wait()
             except anyio.get_cancelled_exc_class():
                 rec.set_outcome(RunOutcome.CANCELLED.value, "cancelled: leadership lost or stopping")

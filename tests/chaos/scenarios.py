@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,10 +43,10 @@ from typing import Any
 import redis
 
 from scheduler.devredis import RedisProcess
-from tests.support.replicas import REPO, Fleet, ReplicaProc, wait_for
+from tests.support.proxy import ChaosProxy, Link
+from tests.support.replicas import Fleet, ReplicaProc, wait_for
 
 from .clockskew import CLOCK_FILE_ENV
-from .proxy import ChaosProxy, Link
 
 __all__ = [
     "ChaosFleet",
@@ -74,18 +72,13 @@ class ChaosReplica(ReplicaProc):
     """A replica that can be restarted after a kill, optionally under a jumpable clock."""
 
     def __init__(self, name: str, env: dict[str, str], workdir: Path, *, module: str = "scheduler.cli") -> None:
-        super().__init__(name, env, workdir, http=True)
-        self.module = module
+        super().__init__(name, env, workdir, http=True, module=module)
         self.restarts = 0
 
     def start(self) -> ChaosReplica:
         if getattr(self, "_log", None) is not None and not self._log.closed:
             self._log.close()
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, "run"],
-            env=self.env, cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-        )
+        super().start()
         return self
 
     def restart(self) -> None:
@@ -115,7 +108,7 @@ class ChaosFleet(Fleet):
         env = {
             "LIGHTSCHED_RECORDING_COALESCE": "false",
             "LIGHTSCHED_RECORDING_AUDIT": "1",
-            "LIGHTSCHED_REDIS_SOCKET_TIMEOUT": "1",
+            "LIGHTSCHED_REDIS_SOCKET_TIMEOUT": "0.5",
             "LIGHTSCHED_DRAIN_TIMEOUT": "2",
             **(extra_env or {}),
         }

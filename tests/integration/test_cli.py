@@ -148,3 +148,26 @@ def test_run_job_without_a_leader_fails_clearly_and_cancels(redis_server: Server
     finally:
         client.close()
     assert states == {b"cancelled"}, "a request nobody took must not run later"
+
+
+def test_handoff_needs_the_leaders_own_acknowledgement(redis_server: ServerLike, tmp_path: Path) -> None:
+    """Every replica listens on the handoff channel; only the leader's acknowledgement says the
+    request reached it. A lease held by a process that is not listening is reported as such."""
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_server.url)
+    try:
+        client.set("{lightsched}:leader", json.dumps({"replica_id": "deaf", "fencing_token": 7, "lease_id": "x"}),
+                   px=60_000)
+        with Fleet(redis_server.url, tmp_path, 2, http=False):
+            channel = "{lightsched}:handoff"
+            from tests.support.waiting import wait_for
+
+            wait_for(lambda: int(client.execute_command("PUBSUB", "NUMSUB", channel)[1]) >= 2, 20,
+                     what="the standbys listening")
+            proc = cli("handoff", "--timeout", "3", env={"LIGHTSCHED_REDIS_URL": redis_server.url})
+    finally:
+        client.close()
+    assert proc.returncode == 1
+    line = one_line(proc)
+    assert "did not acknowledge" in line and "deaf" in line, line

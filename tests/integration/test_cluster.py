@@ -143,3 +143,52 @@ async def test_unreachable_cluster_is_one_line() -> None:
     line = describe_redis_error(info.value, settings)
     assert "\n" not in line
     assert "no Redis Cluster node answered" in line or "refused" in line, line
+
+
+async def test_wait_counts_the_acknowledgements_of_the_scripts_own_connection(cluster_with_replicas: ClusterSet) -> None:
+    """WAIT counts replica acknowledgements of the writes made on its own connection. redis-py's
+    cluster client hands a node's connections out first in, first out: with two in the pool, a WAIT
+    sent after the script (not with it) went down the other one, which wrote nothing, and counted a
+    replica that had acknowledged nothing."""
+    import asyncio
+
+    from leader import Identity, RedisLeaseStore
+
+    settings = cluster_settings(cluster_with_replicas)
+    keys = Keyspace(settings.key_prefix)
+    master_port = cluster_with_replicas.owner_port(key_slot(keys.leader.encode()))
+    replica = cluster_with_replicas.node(cluster_with_replicas.replica_of(master_port))
+    import redis as sync_redis
+
+    direct = sync_redis.Redis(port=master_port, socket_timeout=2)
+    try:  # the replica has synced (a fresh cluster's replicas take a moment)
+        await wait_until(
+            lambda: direct.set(keys.data("probe"), "1") and int(direct.execute_command("WAIT", 1, 200)) >= 1,
+            20, "the replica in sync",
+        )
+    finally:
+        direct.close()
+    client = make_client(settings, "lease")
+    store = RedisLeaseStore(client, keys, wait_replicas=1, wait_timeout_ms=300)
+    me = Identity("m0", "test", 1)
+    try:
+        res = await store.try_acquire(me, 3000, "2026-01-01T00:00:00Z")
+        assert res.acquired and res.value is not None, "the replica acknowledges while it runs"
+        assert await store.release(res.value)
+        # Several connections to the node in the client's pool, each with a write the replica has
+        # acknowledged (as the renews of a long term leave them).
+        await asyncio.gather(*(client.set(keys.data(str(i)), "1") for i in range(4)))
+        direct = sync_redis.Redis(port=master_port, socket_timeout=2)
+        try:
+            direct.set(keys.data("probe"), "2")
+            assert int(direct.execute_command("WAIT", 1, 2000)) >= 1
+        finally:
+            direct.close()
+        replica.pause()  # it acknowledges nothing from now on (its link stays up)
+        try:
+            res = await store.try_acquire(me, 3000, "2026-01-01T00:00:01Z")
+        finally:
+            replica.resume()
+        assert not res.acquired, "a lease write no replica acknowledged counted as replicated"
+    finally:
+        await store.aclose()

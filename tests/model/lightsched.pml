@@ -107,6 +107,15 @@
 #ifndef MAXMR
 #define MAXMR 0        /* manual run requests */
 #endif
+#ifndef MAXPA
+#define MAXPA 0        /* process pauses (SIGSTOP, GC, a stalled event loop), any length */
+#endif
+#ifndef MAXST
+#define MAXST 0        /* commands stuck in the network or a slow Redis, any length */
+#endif
+#ifndef MAXRL
+#define MAXRL 0        /* periods during which the Redis replica applies nothing */
+#endif
 
 /* scope, in ticks */
 #ifndef H
@@ -176,8 +185,7 @@
 #define S_FREE 0
 #define S_Q    1
 #define S_RDY  2
-#define S_WT   3
-#define S_ERR  4
+#define S_ERR  3
 
 #define R_OK      1
 #define R_NO      2
@@ -222,11 +230,15 @@ byte ck[NCHT];         /* request kind, 0: free */
 byte cs[NCHT];         /* S_* */
 byte ca[NCHT]; byte ct[NCHT]; byte cx[NCHT];   /* args: lease id, token, slot */
 byte rr[NCHT]; byte ra[NCHT]; byte rt[NCHT];   /* reply: result, holder lease id, token */
+bit  rw[NCHT];         /* reply: the WAIT that followed it was satisfied (1 when none) */
 bit  ack[NCHT] = 1;    /* everything written on this connection reached the replica */
 /* commands left queued on dead connections */
 byte ok[NORPH]; byte oa[NORPH]; byte ot[NORPH]; byte ox[NORPH]; byte oown[NORPH];
 
-byte nFO; byte nRS; byte nTS; byte nLR; byte nDR; byte nWJ; byte nHO; byte nMR;
+byte nFO; byte nRS; byte nTS; byte nLR; byte nDR; byte nWJ; byte nHO; byte nMR; byte nPA; byte nST; byte nRL;
+bit  paused[NR];       /* the replica takes no step (its worker threads may) */
+bit  stuck[NCHT];      /* the queued command is delayed in the network */
+bit  lag;              /* the Redis replica applies nothing for now */
 
 /* elector */
 byte el[NR];
@@ -286,29 +298,37 @@ hidden byte hlive, hfence, hw;
   || CHREF(2, x) || CHREF(3, x) || CHREF(4, x) || CHREF(5, x) || oa[0] == (x) || oa[NORPH - 1] == (x))
 
 #define REPLY_ANY(ch) (cs[ch] >= S_RDY)
-#define REPLY_OK(ch) (cs[ch] == S_RDY || cs[ch] == S_ERR || (cs[ch] == S_WT && ack[ch]))
-/* WAIT gave up (timeout) before enough acks: at most once per replica per
+/* WAIT gives up (timeout) before enough acks: at most once per replica per
  * tick (a WAIT timeout costs wait_timeout_ms of real time). */
-#define REPLY_TIMEOUT(ch, r) (cs[ch] == S_WT && FAULTS_OPEN && !wto[r])
-#define CLI_TIMEOUT(ch) (cs[ch] == S_WT && FAULTS_OPEN)
+#define WAIT_MAY_FAIL(own) (FAULTS_OPEN && (lag || (own) >= NR || !wto[own]))
+#define WTO(own) if :: (own) < NR -> wto[own] = 1 :: else -> skip fi
 
-/* A standby attempts once per retry period (one tick), and once more when
- * another replica's release of its term wakes it (hx = 1: a term's release;
- * the give-back of an unreplicated acquisition wakes nobody early: its cycle
- * costs a WAIT timeout, so at most one a tick). */
+/* Timing. Time passes (a tick = one retry period) only when nothing is
+ * due: Redis has run every queued command, the replica has applied the
+ * primary's writes, every reply was taken, every leader renewed once in this
+ * tick and fired its due slots. Exceptions are the bounded faults: a paused
+ * replica, a stuck command, a lagging Redis replica, a command on a dead
+ * connection. A standby attempts at most once per tick (its retry period),
+ * and once more when another replica's release of its term wakes it (hx = 1:
+ * a term's release; the give-back of an unreplicated acquisition wakes
+ * nobody early: its cycle costs a WAIT timeout). In the safety runs a
+ * standby may also skip attempts; in LIVE runs, after FW, it may not. */
 #define DID(r) did[r] = 1
 #define WAKE() if :: hown < NR && hx == 1 -> did[1 - hown] = 0 :: else -> skip fi
-#if LIVE
-#define FAULTS_OPEN (now < FW)
 #define STANDBY_TIMER(r) (!did[r] && MONO(r) >= cool[r])
 #define LEADER_TIMER(r) (!did[r])
+#if LIVE
+#define FAULTS_OPEN (now < FW)
 #define COOLOFF(r) cool[r] = MONO(r) + RP
 #else
 #define FAULTS_OPEN 1
-#define STANDBY_TIMER(r) (!did[r])
-#define LEADER_TIMER(r) 1
 #define COOLOFF(r) skip
 #endif
+/* WAIT gives up (timeout) before enough acks: at most once per replica per
+ * tick (a WAIT timeout costs wait_timeout_ms of real time). */
+#define WAIT_MAY_FAIL(own) (FAULTS_OPEN && (lag || (own) >= NR || !wto[own]))
+#define WTO(own) if :: (own) < NR -> wto[own] = 1 :: else -> skip fi
+#define RUNS(r) (!paused[r])
 
 /* ---- state invariants, checked after every step ---- */
 #if P_EXCL
@@ -317,25 +337,32 @@ hidden byte hlive, hfence, hw;
 #define INV skip
 #endif
 
-/* ---- LIVE: what must happen before time may pass ---- */
-#define BUSY(c) (cs[c] != S_FREE)
-#define NET_URGENT (BUSY(0) || BUSY(1) || BUSY(2) || BUSY(3) || BUSY(4) || BUSY(5) || BUSY(6) \
-  || ok[0] != 0 || ok[NORPH - 1] != 0 || dirty)
-#define EL_URGENT(r) ((el[r] == E_IDLE && ck[CHL(r)] == 0 && !did[r] && MONO(r) >= cool[r]) \
-  || (el[r] == E_LEAD && B(r) && ck[CHL(r)] == 0 && !did[r]) || (el[r] == E_LEAD && !B(r)) \
-  || (drn[r] && el[r] == E_LEAD && nthr[r] == 0 && ck[CHL(r)] == 0) || woff[r] != 0)
+/* ---- what must happen before time may pass ---- */
+#define Q_URG(c) (cs[c] == S_Q && !stuck[c])
+#define R_URG(c, r) (cs[c] >= S_RDY && RUNS(r))
+#define NET_URGENT (Q_URG(0) || Q_URG(1) || Q_URG(2) || Q_URG(3) || Q_URG(4) || Q_URG(5) || Q_URG(6) \
+  || R_URG(0, 0) || R_URG(1, 0) || R_URG(2, 0) || R_URG(3, 1) || R_URG(4, 1) || R_URG(5, 1) \
+  || cs[6] >= S_RDY || (dirty && !lag))
+#define EL_URGENT(r) (RUNS(r) && ((el[r] == E_LEAD && B(r) && ck[CHL(r)] == 0 && !did[r]) \
+  || (el[r] == E_LEAD && !B(r))))
 #if F_JOBS
-#define JOB_URGENT(r) ((js[r] == J_IDLE && B(r) && !drn[r] && pos[r] <= NS && STIME(pos[r]) <= WALL(r) \
-  && ck[CHJ(r)] == 0) || (js[r] == J_RETRY && B(r) && !drn[r] && ck[CHJ(r)] == 0 \
-  && STIME(cslot[r]) <= RTIME + FB) || nthr[r] > 0)
+#define JOB_URGENT(r) (RUNS(r) && ((js[r] == J_IDLE && B(r) && !drn[r] && pos[r] <= NS \
+  && STIME(pos[r]) <= WALL(r) && ck[CHJ(r)] == 0) || (js[r] == J_RETRY && B(r) && !drn[r] \
+  && ck[CHJ(r)] == 0 && STIME(cslot[r]) <= RTIME + FB)))
+#define THR_LATE(r) (nthr[r] > 0)
 #else
 #define JOB_URGENT(r) 0
+#define THR_LATE(r) 0
 #endif
-#if LIVE
-#define TICK_OK (now < FW || !(NET_URGENT || EL_URGENT(0) || EL_URGENT(1) || JOB_URGENT(0) || JOB_URGENT(1)))
-#else
-#define TICK_OK 1
-#endif
+/* LIVE, after FW: faults heal, standbys attempt, drains finish, runs end */
+#define LATE_URGENT(r) (paused[r] || woff[r] != 0 || THR_LATE(r) \
+  || (el[r] == E_IDLE && ck[CHL(r)] == 0 && STANDBY_TIMER(r)) \
+  || (drn[r] && el[r] == E_LEAD && nthr[r] == 0 && ck[CHL(r)] == 0))
+#define LATE_NET (lag || stuck[0] || stuck[1] || stuck[2] || stuck[3] || stuck[4] || stuck[5] \
+  || stuck[6] || ok[0] != 0 || ok[NORPH - 1] != 0)
+#define URGENT (NET_URGENT || EL_URGENT(0) || EL_URGENT(1) || JOB_URGENT(0) || JOB_URGENT(1) \
+  || (!FAULTS_OPEN && (LATE_URGENT(0) || LATE_URGENT(1) || LATE_NET)))
+#define TICK_OK (!URGENT)
 
 inline live_checks() {
 #if P_LIVE

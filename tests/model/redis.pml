@@ -148,20 +148,42 @@ inline run_script() {
   fi
 }
 
-/* Redis executes the live copy of the request queued on channel ch. With
- * WAIT configured for this command, the reply waits for WAIT (S_WT). */
+/* Redis executes the live copy of the request queued on channel ch. When
+ * WAIT follows the command (same connection, one pipeline), its outcome is
+ * settled here: either the replica applies everything up to this command
+ * now and WAIT returns 1 (first alternative), or WAIT times out
+ * (second; at most once per replica per tick). A WAIT after a command
+ * that wrote nothing counts the connection's earlier writes only: on a
+ * fresh connection it returns at once (ack[ch] = 1). */
+inline exec_begin(ch, own) {
+  hk = ck[ch]; ha = ca[ch]; ht = ct[ch]; hx = cx[ch]; hch = ch; hown = own; hlive = 1;
+  run_script();
+  rr[ch] = hres; ra[ch] = hra; rt[ch] = hrt; cs[ch] = S_RDY; rw[ch] = 1
+}
 inline exec_live(ch, own) {
-  d_step {
-    cs[ch] == S_Q ->
-    hk = ck[ch]; ha = ca[ch]; ht = ct[ch]; hx = cx[ch]; hch = ch; hown = own; hlive = 1;
-    run_script();
-    rr[ch] = hres; ra[ch] = hra; rt[ch] = hrt;
-    if
-    :: HASWAIT(hk) -> cs[ch] = S_WT
-    :: else -> cs[ch] = S_RDY
-    fi;
-    INV
-  }
+  if
+  :: d_step {
+       cs[ch] == S_Q && (!HASWAIT(ck[ch]) || !lag) ->
+       stuck[ch] = 0;
+       exec_begin(ch, own);
+       if
+       :: HASWAIT(hk) && !ack[ch] -> copy_node(1 - prim, prim); dirty = 0;
+          for (hi : 0 .. NCHT - 1) { ack[hi] = 1 }
+       :: else -> skip
+       fi;
+       INV
+     }
+  :: d_step {
+       cs[ch] == S_Q && HASWAIT(ck[ch]) && WAIT_MAY_FAIL(own) ->
+       stuck[ch] = 0;
+       exec_begin(ch, own);
+       if
+       :: !ack[ch] -> rw[ch] = 0; WTO(own)          /* WAIT returned 0 */
+       :: else -> skip                              /* nothing unacknowledged on this connection: 1 at once */
+       fi;
+       INV
+     }
+  fi
 }
 
 /* Redis executes a command left queued on a connection the client gave up on. */
@@ -192,7 +214,7 @@ inline wipe_node(d) {
  * asks "has everything written on my connection reached the replica". */
 inline replicate() {
   d_step {
-    dirty ->
+    dirty && !lag ->
     copy_node(1 - prim, prim);
     dirty = 0;
     for (hi : 0 .. NCHT - 1) { ack[hi] = 1 };
@@ -201,18 +223,10 @@ inline replicate() {
 }
 
 /* Every connection broke: queued commands are re-sent by the client on a new
- * connection (fresh offset 0); a reply that was waiting for WAIT arrives if
- * the replica had acknowledged, else the pipeline is re-sent; commands on
- * dead connections die with the old server. */
+ * connection (fresh offset 0); commands on dead connections die with the old
+ * server. (A reply already settled, WAIT included, has been received.) */
 inline reconnect_all() {
-  for (hi : 0 .. NCHT - 1) {
-    if
-    :: cs[hi] == S_WT && ack[hi] -> cs[hi] = S_RDY
-    :: cs[hi] == S_WT && !ack[hi] -> cs[hi] = S_Q; rr[hi] = 0; ra[hi] = 0; rt[hi] = 0
-    :: else -> skip
-    fi;
-    ack[hi] = 1
-  };
+  for (hi : 0 .. NCHT - 1) { ack[hi] = 1 };
   for (hi : 0 .. NORPH - 1) { ok[hi] = 0; oa[hi] = 0; ot[hi] = 0; ox[hi] = 0; oown[hi] = 0 }
 }
 
@@ -315,8 +329,22 @@ inline redis_actions() {
   fi
 }
 
+/* a command is delayed in the network (it runs whenever, see exec_live) */
+inline stick(ch) {
+  d_step { FAULTS_OPEN && nST < MAXST && cs[ch] == S_Q && !stuck[ch] -> nST++; stuck[ch] = 1; INV }
+}
+
 inline redis_faults() {
   if
+  :: d_step { FAULTS_OPEN && nRL < MAXRL && !lag -> nRL++; lag = 1; printf("MSC: the Redis replica stops applying\n"); INV }
+  :: d_step { lag -> lag = 0; INV }
+  :: stick(0)
+  :: stick(1)
+  :: stick(2)
+  :: stick(3)
+  :: stick(4)
+  :: stick(5)
+  :: stick(6)
   :: failover(0)
   :: failover(1)
   :: empty_restart(0)

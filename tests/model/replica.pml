@@ -8,15 +8,15 @@
 
 inline SEND(ch, k, a, t, x) {
   ck[ch] = k; cs[ch] = S_Q; ca[ch] = a; ct[ch] = t; cx[ch] = x;
-  rr[ch] = 0; ra[ch] = 0; rt[ch] = 0
+  rr[ch] = 0; ra[ch] = 0; rt[ch] = 0; rw[ch] = 0
 }
 
 /* Takes the reply of channel ch into hk/ha/ht/hx/hres/hra/hrt and frees ch. */
 inline TAKE(ch) {
   hk = ck[ch]; ha = ca[ch]; ht = ct[ch]; hx = cx[ch];
-  hres = rr[ch]; hra = ra[ch]; hrt = rt[ch];
+  hres = rr[ch]; hra = ra[ch]; hrt = rt[ch]; hw = rw[ch];
   ck[ch] = 0; cs[ch] = S_FREE; ca[ch] = 0; ct[ch] = 0; cx[ch] = 0;
-  rr[ch] = 0; ra[ch] = 0; rt[ch] = 0
+  rr[ch] = 0; ra[ch] = 0; rt[ch] = 0; rw[ch] = 0
 }
 
 /* The smallest attempt id nothing refers to any more: lease_id / acquired_at
@@ -154,7 +154,7 @@ inline runtime(r) {
   if
   /* due slots fire on the WALL clock: late ones past the grace are missed, the rest coalesce into the last */
   :: d_step {
-       js[r] == J_IDLE && B(r) && !drn[r] && pos[r] <= NS && STIME(pos[r]) <= WALL(r) && ck[CHJ(r)] == 0 ->
+       RUNS(r) && js[r] == J_IDLE && B(r) && !drn[r] && pos[r] <= NS && STIME(pos[r]) <= WALL(r) && ck[CHJ(r)] == 0 ->
        hs = 0;
        do
        :: pos[r] <= NS && STIME(pos[r]) <= WALL(r) ->
@@ -178,11 +178,10 @@ inline runtime(r) {
      }
   /* fixed: a claim refused as 'future' is sent again (when Redis TIME reaches the slot) */
   :: d_step {
-       js[r] == J_RETRY && B(r) && !drn[r] && ck[CHJ(r)] == 0 ->
+       RUNS(r) && js[r] == J_RETRY && B(r) && !drn[r] && ck[CHJ(r)] == 0 ->
        SEND(CHJ(r), K_CLM, taid[r], ttok[r], cslot[r]); js[r] = J_CLAIM; INV
      }
-  :: d_step { REPLY_OK(CHJ(r)) -> hw = 1; job_reply(r); INV }
-  :: d_step { REPLY_TIMEOUT(CHJ(r), r) -> hw = 0; wto[r] = 1; job_reply(r); INV }
+  :: d_step { RUNS(r) && REPLY_ANY(CHJ(r)) -> job_reply(r); INV }
   /* the run's thread returns; its task completes and frees the job */
   :: d_step {
        js[r] == J_RUN && nthr[r] > orph[r] ->
@@ -216,7 +215,7 @@ inline runtime(r) {
 #if F_MANUAL
   /* fixed: the leader claims a pending manual request, through the job's own queue */
   :: d_step {
-       FIX_MANUAL && js[r] == J_IDLE && B(r) && !drn[r] && mr[prim] == M_PEND && ck[CHJ(r)] == 0 ->
+       RUNS(r) && FIX_MANUAL && js[r] == J_IDLE && B(r) && !drn[r] && mr[prim] == M_PEND && ck[CHJ(r)] == 0 ->
        SEND(CHJ(r), K_MCL, taid[r], ttok[r], 0); js[r] = J_MCLAIM; INV
      }
 #endif
@@ -319,23 +318,22 @@ inline elector(r) {
   if
   /* standby: one acquire attempt (a fresh lease_id / acquired_at per attempt) */
   :: d_step {
-       el[r] == E_IDLE && ck[CHL(r)] == 0 && STANDBY_TIMER(r) ->
+       RUNS(r) && el[r] == E_IDLE && ck[CHL(r)] == 0 && STANDBY_TIMER(r) ->
        fresh_aid();
        SEND(CHL(r), K_ACQ, ha, 0, 0); asent[r] = MONO(r); el[r] = E_ACQ; DID(r); INV
      }
   /* leader: renew, only while the term is valid */
   :: d_step {
-       el[r] == E_LEAD && B(r) && ck[CHL(r)] == 0 && LEADER_TIMER(r) ->
+       RUNS(r) && el[r] == E_LEAD && B(r) && ck[CHL(r)] == 0 && LEADER_TIMER(r) ->
        SEND(CHL(r), K_REN, taid[r], ttok[r], 0); asent[r] = MONO(r); DID(r); INV
      }
   /* leader: its deadline passed (stalled, or renewals failed): step down, release best effort */
-  :: d_step { el[r] == E_LEAD && !B(r) -> stop(r, 1); INV }
-  :: d_step { REPLY_OK(CHL(r)) -> hw = 1; lease_reply(r); INV }
-  :: d_step { REPLY_TIMEOUT(CHL(r), r) -> hw = 0; wto[r] = 1; lease_reply(r); INV }
+  :: d_step { RUNS(r) && el[r] == E_LEAD && !B(r) -> stop(r, 1); INV }
+  :: d_step { RUNS(r) && REPLY_ANY(CHL(r)) -> lease_reply(r); INV }
   /* graceful handoff: stop starting runs, drain (bounded: any time), release, sit out one retry period */
-  :: d_step { FAULTS_OPEN && nHO < MAXHO && B(r) && !drn[r] -> nHO++; drn[r] = 1; INV }
+  :: d_step { RUNS(r) && FAULTS_OPEN && nHO < MAXHO && B(r) && !drn[r] -> nHO++; drn[r] = 1; INV }
   :: d_step {
-       drn[r] && el[r] == E_LEAD && ck[CHL(r)] == 0 ->
+       RUNS(r) && drn[r] && el[r] == E_LEAD && ck[CHL(r)] == 0 ->
        stop(r, 1); COOLOFF(r); INV
      }
   fi
@@ -350,6 +348,9 @@ inline clocks(r) {
   /* the wall clock jumps forward, and is corrected later */
   :: d_step { FAULTS_OPEN && nWJ < MAXWJ && woff[r] == 0 -> nWJ++; woff[r] = WJ; printf("MSC: r%d wall clock jumps +%d\n", r, WJ); INV }
   :: d_step { woff[r] != 0 -> woff[r] = 0; printf("MSC: r%d wall clock corrected\n", r); INV }
+  /* a process pause: the replica takes no step while time passes */
+  :: d_step { FAULTS_OPEN && nPA < MAXPA && !paused[r] -> nPA++; paused[r] = 1; printf("MSC: r%d PAUSED\n", r); INV }
+  :: d_step { paused[r] -> paused[r] = 0; printf("MSC: r%d resumes\n", r); INV }
   fi
 }
 
@@ -372,8 +373,7 @@ inline cli_actions() {
   /* fixed: a request to the leader; cancelled if nobody picks it up in time */
   :: d_step { FIX_MANUAL && nMR < MAXMR && ck[CHM] == 0 -> nMR++; SEND(CHM, K_MRQ, 0, 0, 0); cli = C_SENT; INV }
   :: d_step { FIX_MANUAL && cli == C_STORED && ck[CHM] == 0 -> SEND(CHM, K_MCN, 0, 0, 0); cli = C_CANCEL; INV }
-  :: d_step { REPLY_OK(CHM) -> hw = 1; cli_reply(); INV }
-  :: d_step { CLI_TIMEOUT(CHM) -> hw = 0; cli_reply(); INV }
+  :: d_step { REPLY_ANY(CHM) -> cli_reply(); INV }
   fi
 }
 

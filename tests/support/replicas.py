@@ -26,9 +26,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class ReplicaProc:
-    def __init__(self, name: str, env: dict[str, str], workdir: Path, http: bool = True) -> None:
+    """`python -m <module> run` (the CLI, or `tests.chaos.clockskew` for a jumpable wall clock)."""
+
+    def __init__(
+        self, name: str, env: dict[str, str], workdir: Path, http: bool = True, *, module: str = "scheduler.cli"
+    ) -> None:
         self.name = name
         self.workdir = workdir
+        self.module = module
         self.http_port = free_port() if http else 0
         self.env = {**env, "LIGHTSCHED_REPLICA_ID": name, "LIGHTSCHED_HTTP_PORT": str(self.http_port),
                     "LIGHTSCHED_HTTP_HOST": "127.0.0.1", "LIGHTSCHED_LOG_FORMAT": "json"}
@@ -38,7 +43,7 @@ class ReplicaProc:
     def start(self) -> ReplicaProc:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scheduler.cli", "run"],
+            [sys.executable, "-m", self.module, "run"],
             env=self.env, cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
         )
         return self

@@ -6,7 +6,11 @@ redis-server binary the suite uses (`tests.support.redis_servers.redis_binary()`
 - `ClusterSet`: a Redis Cluster of three masters (optionally one replica
   each) made with `redis-cli --cluster create`, plus a slot move;
 - `TlsRedis`: a TLS-only server (`--port 0 --tls-port ...`) with a throwaway
-  CA and certificates made by `trustme`.
+  CA and certificates made by `trustme`;
+- `FailoverPair`: a master and a replica whose replication link runs through
+  a proxy (so it can be cut), behind a "virtual IP" proxy the clients use; a
+  failover kills the master, promotes the replica, moves the virtual IP, and
+  gives the new master a fresh replica (so `WAIT 1` can succeed again).
 
 Every process listens on 127.0.0.1 on a free port (never 6379), keeps nothing
 on disk beyond its temporary directory, and is stopped by `stop()`.
@@ -29,7 +33,16 @@ import redis
 
 from scheduler.devredis import RedisProcess, free_port
 
-__all__ = ["ClusterSet", "SentinelProcess", "SentinelSet", "TlsFiles", "TlsRedis", "binary_supports_tls", "wait_until"]
+__all__ = [
+    "ClusterSet",
+    "FailoverPair",
+    "SentinelProcess",
+    "SentinelSet",
+    "TlsFiles",
+    "TlsRedis",
+    "binary_supports_tls",
+    "wait_until",
+]
 
 MASTER_NAME = "lsmaster"
 
@@ -203,6 +216,81 @@ class SentinelSet:
         for node in (getattr(self, "replica", None), getattr(self, "master", None)):
             if node is not None:
                 node.stop()
+
+
+class FailoverPair:
+    """Master + replica (replicating through a cuttable proxy link), clients behind a virtual IP.
+
+    `url` is the virtual IP. `cut()` holds the replication stream (the replica
+    stops receiving writes and acknowledging them: `WAIT` times out, the
+    master goes on). `failover()` is what a failover that loses the
+    unreplicated suffix does: the master dies, the replica is promoted with
+    what it had, the virtual IP moves to it (resetting client connections),
+    and a fresh replica of the new master is started and synced.
+    """
+
+    def __init__(self, binary: str) -> None:
+        from tests.support.proxy import ChaosProxy
+
+        self.binary = binary
+        self.master = RedisProcess(binary=binary, extra_args=["--repl-diskless-sync-delay", "0"]).start()
+        self._repl_proxy = ChaosProxy(self.master.host, self.master.port)
+        self.repl_link = self._repl_proxy.link("replication")
+        self.replica = self._replica_of(self.repl_link.port)
+        self._vip = ChaosProxy(self.master.host, self.master.port)
+        self.vip_link = self._vip.link("clients")
+        self.spare: RedisProcess | None = None
+        self._wait_synced(self.master, self.replica)
+
+    def _replica_of(self, port: int) -> RedisProcess:
+        return RedisProcess(
+            binary=self.binary,
+            extra_args=["--replicaof", "127.0.0.1", str(port), "--repl-diskless-sync-delay", "0"],
+        ).start()
+
+    @staticmethod
+    def _wait_synced(master: RedisProcess, replica: RedisProcess, timeout_s: float = 20) -> None:
+        m = redis.Redis(master.host, master.port, socket_timeout=2)
+        r = redis.Redis(replica.host, replica.port, socket_timeout=2)
+        try:
+            def synced() -> bool:
+                info = r.info("replication")
+                if info.get("master_link_status") != "up":
+                    return False
+                m.set("__lightsched_sync_probe", "1")
+                return int(m.execute_command("WAIT", 1, 1000)) >= 1
+
+            wait_until(synced, timeout_s, f"replica on port {replica.port} in sync")
+        finally:
+            m.close()
+            r.close()
+
+    @property
+    def url(self) -> str:
+        return self.vip_link.url
+
+    def cut(self) -> None:
+        """Hold the replication stream from now on (nothing more reaches the replica)."""
+        self.repl_link.partition()
+
+    def failover(self) -> None:
+        """Kill the master, promote the replica as it is, move the virtual IP, add a fresh replica."""
+        self.master.kill()
+        promoted = redis.Redis(self.replica.host, self.replica.port, socket_timeout=2)
+        try:
+            promoted.execute_command("REPLICAOF", "NO", "ONE")
+        finally:
+            promoted.close()
+        self._vip.retarget(self.replica.host, self.replica.port)
+        self.spare = self._replica_of(self.replica.port)
+        self._wait_synced(self.replica, self.spare)
+
+    def stop(self) -> None:
+        self._vip.close()
+        self._repl_proxy.close()
+        for proc in (self.spare, self.replica, self.master):
+            if proc is not None:
+                proc.stop()
 
 
 def _low_free_port() -> int:

@@ -10,6 +10,8 @@ can be partitioned or delayed while the others' flows normally.
 - `delay(s)` delivers each chunk `s` seconds after it was read, in order.
 - New connections are accepted during a partition; their bytes wait too.
 - When the upstream (Redis) is down, new client connections are closed at once.
+- `ChaosProxy.retarget(host, port)` points every link at another upstream and
+  resets the connections it carried, as a virtual IP moved by a failover does.
 
 The proxy runs its own asyncio loop in a daemon thread of the test process;
 the control methods are thread-safe. Does not model packet loss, reordering
@@ -156,6 +158,19 @@ class ChaosProxy:
         self._run(link._start())
         self.links[name] = link
         return link
+
+    def retarget(self, host: str, port: int) -> None:
+        """Send new connections to `host:port`; close the ones open now (clients reconnect)."""
+        self.upstream_host, self.upstream_port = host, port
+
+        async def reset() -> None:
+            for link in self.links.values():
+                pipes = list(link._pipes)
+                for task in pipes:
+                    task.cancel()
+                await asyncio.gather(*pipes, return_exceptions=True)
+
+        self._run(reset())
 
     def heal_all(self) -> None:
         for link in self.links.values():
