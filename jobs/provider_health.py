@@ -116,6 +116,11 @@ class ProviderSpec(BaseModel):
     )
     timeout_s: float = Field(5.0, gt=0, le=300, description="seconds the whole probe may take")
     auth: ProviderAuth | None = Field(None, description="optional auth header from a secret env var")
+    scheduled: bool = Field(
+        True,
+        description="false: probed only on request (`run-job provider_health -p provider=NAME`), "
+        "e.g. by a Kubernetes CronJob of its own schedule",
+    )
 
     @field_validator("name")
     @classmethod
@@ -239,10 +244,10 @@ def _short(exc: BaseException) -> str:
 
 
 def select_providers(cfg: ProviderHealthConfig, params: Mapping[str, str]) -> list[ProviderSpec]:
-    """All configured providers, or the one named by the `provider` run parameter."""
+    """The scheduled providers, or the one named by the `provider` run parameter (any of them)."""
     wanted = params.get("provider") if params else None
     if wanted is None:
-        return list(cfg.providers)
+        return [spec for spec in cfg.providers if spec.scheduled]
     for spec in cfg.providers:
         if spec.name == wanted:
             return [spec]

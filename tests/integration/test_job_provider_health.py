@@ -231,3 +231,17 @@ async def test_stale_leader_stores_nothing(stub: StubProviders, redis_url: str, 
         with pytest.raises(FencedOut, match="no longer current"):
             await check_providers(ctx)
         assert [k async for k in ctx.redis.scan_iter(match=ctx.keys.data("*"))] == []
+
+
+@pytest.mark.anyio
+async def test_a_provider_not_scheduled_is_probed_only_on_request(
+    stub: StubProviders, redis_url: str, key_prefix: str
+) -> None:
+    """`"scheduled": false`: left to a CronJob's `run-job -p provider=NAME`, which the leader runs."""
+    stub.behaviour.update(a=200, b=200)
+    base = config(stub, "a", "b")
+    cfg = base.model_copy(update={"providers": [base.providers[0], base.providers[1].model_copy(update={"scheduled": False})]})
+    async with job_context(redis_url, key_prefix, "provider_health", config=cfg) as ctx:
+        assert [r.provider for r in await check_providers(ctx)] == ["a"]
+    async with job_context(redis_url, key_prefix + "m", "provider_health", config=cfg, params={"provider": "b"}) as ctx:
+        assert [r.provider for r in await check_providers(ctx)] == ["b"]

@@ -297,14 +297,14 @@ inline lose_reply(ch, own) {
   :: d_step {
        FAULTS_OPEN && nLR < MAXLR && cs[ch] == S_Q ->
        ok[nLR] = ck[ch]; oa[nLR] = ca[ch]; ot[nLR] = ct[ch]; ox[nLR] = cx[ch]; oown[nLR] = own;
-       nLR++;
+       nLR++; stuck[ch] = 0;
        ack[ch] = 1;                                   /* re-sent on a new connection */
        printf("MSC: reply lost, re-sent (ch %d)\n", ch)
      }
   :: d_step {
        FAULTS_OPEN && nLR < MAXLR && cs[ch] == S_Q ->
        ok[nLR] = ck[ch]; oa[nLR] = ca[ch]; ot[nLR] = ct[ch]; ox[nLR] = cx[ch]; oown[nLR] = own;
-       nLR++;
+       nLR++; stuck[ch] = 0;
        ack[ch] = 1;
        cs[ch] = S_ERR; rr[ch] = R_ERR; ra[ch] = 0; rt[ch] = 0;
        printf("MSC: reply lost, error (ch %d)\n", ch)

@@ -7,7 +7,7 @@
 /* ---- channel plumbing: one request in flight per (replica, client) ---- */
 
 inline SEND(ch, k, a, t, x) {
-  ck[ch] = k; cs[ch] = S_Q; ca[ch] = a; ct[ch] = t; cx[ch] = x;
+  ck[ch] = k; cs[ch] = S_Q; ca[ch] = a; ct[ch] = t; cx[ch] = x; stuck[ch] = 0;
   rr[ch] = 0; ra[ch] = 0; rt[ch] = 0; rw[ch] = 0
 }
 

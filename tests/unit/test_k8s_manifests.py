@@ -491,7 +491,8 @@ def _check_prestop(doc: dict[str, Any], container: dict[str, Any], served: Serve
 def _check_probe_provider(
     docs: list[dict[str, Any]], container: dict[str, Any], argv: list[str], where: str, registry: Any
 ) -> list[str]:
-    """`run-job JOB -p provider=NAME` names a provider the container's own settings configure."""
+    """`run-job JOB -p provider=NAME` names a provider the leader's settings configure (the run
+    happens on the leader: the Deployment's container, not the CronJob's)."""
     params = {}
     for i, token in enumerate(argv):
         if token in ("-p", "--param") and i + 1 < len(argv):
@@ -503,7 +504,8 @@ def _check_probe_provider(
     spec = registry.get(job_id)
     if spec.config_model is None:
         return []
-    env = container_env(docs, container, missing="redis://placeholder:6379/0")
+    leader = next((c for d, _p, c in lightsched_containers(docs) if d["kind"] == "Deployment"), container)
+    env = container_env(docs, leader, missing="redis://placeholder:6379/0")
     try:
         with environment(env):
             config = spec.config_model()
@@ -871,7 +873,7 @@ BREAKAGES = [
     ("base/deployment.yaml", '" --timeout 20', '" --timeout-s 20', "refused by the CLI"),
     ("base/single-provider-probe-cronjob.yaml", '"provider_health", "-p"', '"provider-health", "-p"', "run-job 'provider-health' is not a registered job"),
     ("base/single-provider-probe-cronjob.yaml", '"provider=openai"', '"provider=opneai"', "-p provider=opneai is not among the configured providers"),
-    ("base/single-provider-probe-cronjob.yaml", "LIGHTSCHED_PROVIDER_HEALTH_PROVIDERS", "LIGHTSCHED_PROVIDER_HEALTH_PROVIDER", "LIGHTSCHED_PROVIDER_HEALTH_PROVIDER is read by no settings model"),
+    ("base/settings-configmap.yaml", "LIGHTSCHED_PROVIDER_HEALTH_PROVIDERS", "LIGHTSCHED_PROVIDER_HEALTH_PROVIDER", "LIGHTSCHED_PROVIDER_HEALTH_PROVIDER is read by no settings model"),
     ("overlays/dev/settings-dev.yaml", '"http/protobuf"', '"grpc"', "OTEL_EXPORTER_OTLP_PROTOCOL='grpc' is not supported"),
     ("base/service.yaml", 'prometheus.io/path: "/metrics"', 'prometheus.io/path: "/metric"', "prometheus.io/path '/metric' is not '/metrics'"),
 ]
