@@ -613,6 +613,7 @@ class Replica:
         spec = self.registry.get(job_id)
         now = self.clock.wall()
         grace = spec.options.misfire_grace_time or self.settings.misfire_grace_time
+        run_times = sorted(run_times)  # deferred slots may rejoin the queue behind later ones
         due = [rt for rt in run_times if (now - rt).total_seconds() <= grace]
         if len(due) < len(run_times):
             self._missed(job_id, len(run_times) - len(due), "late", "slots missed beyond the misfire grace")
@@ -685,7 +686,8 @@ class Replica:
                     extra={"event": "slot_ahead", "job_id": spec.id, "slot": slot.isoformat(),
                            "ahead_s": round(wait_s, 3), "fencing_token": term.token},
                 )
-                self._executor.enqueue_later(max(0.0, wait_s - self.settings.max_clock_skew_ms / 2000), spec.id, [slot])
+                # Due exactly when Redis' clock reaches it: deferred slots come back in slot order.
+                self._executor.enqueue_later(max(0.0, wait_s), spec.id, [slot])
                 return False
             case "unreplicated":
                 self._missed(spec.id, 1, "unreplicated",
