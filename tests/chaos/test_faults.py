@@ -1,6 +1,9 @@
 """The short form of the chaos suite (runs in `make test`): every fault once,
-briefly, on one fleet of three real replicas; after each, every invariant of
-`scenarios.check_invariants` holds over the whole history so far."""
+briefly, on one fleet of three real replicas on one Redis; after each, every
+invariant of `scenarios.check_invariants` holds over the whole history so far.
+The faults that need a replicated Redis (lossy failover with WAIT_REPLICAS=1)
+or the plain-function job (a lease lost mid thread run), and manual requests,
+run on a second fleet: test_failover_faults.py."""
 
 from __future__ import annotations
 
@@ -48,6 +51,13 @@ def test_redis_down_for_three_ttls(fleet: ChaosFleet) -> None:
     assert measured["leaders_stepped_down"], "nobody stepped down while Redis was gone"
 
 
+def test_redis_paused_just_past_the_socket_timeout(fleet: ChaosFleet) -> None:
+    """Replies lost after their commands ran; redis-py re-sends them."""
+    measured, report = run_fault(fleet, "redis_pause", pause_x=1.6)
+    _ok(report)
+    assert measured["slot_runs"] <= 1, measured
+
+
 def test_rapid_graceful_handoffs(fleet: ChaosFleet) -> None:
     measured, report = run_fault(fleet, "handoffs", count=20)
     _ok(report)
@@ -55,7 +65,8 @@ def test_rapid_graceful_handoffs(fleet: ChaosFleet) -> None:
 
 
 def test_wall_clock_jump_of_the_leader(fleet: ChaosFleet) -> None:
-    measured, report = run_fault(fleet, "clock_jump")
+    """Forward beyond MAX_CLOCK_SKEW_MS (1 s: slots ahead of Redis' clock are deferred), then back."""
+    measured, report = run_fault(fleet, "clock_jump", jump_s=3.0)
     _ok(report)
     assert "skipped" not in measured, measured
     assert measured["kept_lead_forward"] and measured["kept_lead_back"], measured

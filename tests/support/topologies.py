@@ -10,7 +10,9 @@ redis-server binary the suite uses (`tests.support.redis_servers.redis_binary()`
 - `FailoverPair`: a master and a replica whose replication link runs through
   a proxy (so it can be cut), behind a "virtual IP" proxy the clients use; a
   failover kills the master, promotes the replica, moves the virtual IP, and
-  gives the new master a fresh replica (so `WAIT 1` can succeed again).
+  gives the new master a fresh replica (so `WAIT 1` can succeed again);
+- `ReplicatedRedis`: the same for repeated failovers, without a virtual IP of
+  its own (the chaos fleet's per-replica proxy links play that part).
 
 Every process listens on 127.0.0.1 on a free port (never 6379), keeps nothing
 on disk beyond its temporary directory, and is stopped by `stop()`.
@@ -36,6 +38,7 @@ from scheduler.devredis import RedisProcess, free_port
 __all__ = [
     "ClusterSet",
     "FailoverPair",
+    "ReplicatedRedis",
     "SentinelProcess",
     "SentinelSet",
     "TlsFiles",
@@ -289,6 +292,112 @@ class FailoverPair:
         self._vip.close()
         self._repl_proxy.close()
         for proc in (self.spare, self.replica, self.master):
+            if proc is not None:
+                proc.stop()
+
+
+class _VolatileRedis(RedisProcess):
+    """A redis-server that comes back empty from every (re)start, as one without persistence should.
+
+    Replication writes an RDB file into a node's directory even with `--save ""` (a replica's
+    full sync, a master's disk-based sync), and a restart would load it: a promoted node
+    "restarted empty" would come back with the data of its last full sync, older than what
+    clients already saw. Each start removes that file first.
+    """
+
+    def start(self) -> _VolatileRedis:
+        if not self.running:
+            (Path(self.dir) / "dump.rdb").unlink(missing_ok=True)
+        super().start()
+        return self
+
+
+class ReplicatedRedis:
+    """A master and one replica for repeated lossy failovers; the clients' own proxy is the virtual IP.
+
+    The replica replicates through a cuttable proxy link (`cut()` holds the
+    replication stream: the replica stops receiving writes and acknowledging
+    them, `WAIT` times out, the master goes on). `failover()` does what a
+    failover that loses the unreplicated suffix does: the master dies, the
+    replica is promoted with what it had, `on_promoted(new_master)` moves the
+    clients (e.g. `ChaosProxy.retarget`, a virtual IP), and a fresh replica of
+    the new master, behind a new cuttable link, is started and synced. It can
+    be repeated any number of times; `master` is always the current master, so
+    faults that kill, pause or restart "Redis" act on it. Every node comes back
+    empty from a restart (no RDB file left by replication is loaded).
+
+    Unlike `FailoverPair` it has no virtual IP of its own: a fleet that already
+    reaches Redis through a `ChaosProxy` moves that one instead.
+    Does not guarantee: more than one replica, or Sentinel's election rules.
+    """
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.master = self._node()
+        self.failovers = 0
+        self._retired: list[RedisProcess] = []
+        self._repl_proxy: Any = None
+        self.replica: RedisProcess | None = None
+        try:
+            self._add_replica()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _node(self, replica_of_port: int | None = None) -> RedisProcess:
+        args = ["--repl-diskless-sync-delay", "0"]
+        if replica_of_port is not None:
+            args += ["--replicaof", "127.0.0.1", str(replica_of_port)]
+        return _VolatileRedis(binary=self.binary, extra_args=args).start()
+
+    def _add_replica(self) -> None:
+        """A fresh replica of the current master, replicating through a new cuttable link; synced."""
+        from tests.support.proxy import ChaosProxy
+
+        self._repl_proxy = ChaosProxy(self.master.host, self.master.port)
+        self.repl_link = self._repl_proxy.link("replication")
+        self.replica = self._node(self.repl_link.port)
+        self.wait_synced()
+
+    @property
+    def url(self) -> str:
+        return self.master.url
+
+    def wait_synced(self, timeout_s: float = 20) -> None:
+        """Block until the replica acknowledges a write made on the master now (`WAIT 1`)."""
+        assert self.replica is not None
+        FailoverPair._wait_synced(self.master, self.replica, timeout_s)
+
+    def cut(self) -> None:
+        """Hold the replication stream from now on (nothing more reaches the replica)."""
+        self.repl_link.partition()
+
+    def heal(self) -> None:
+        self.repl_link.heal()
+
+    def failover(self, on_promoted: Callable[[RedisProcess], None] | None = None) -> RedisProcess:
+        """Kill the master, promote the replica as it is, call `on_promoted`, add and sync a fresh replica."""
+        assert self.replica is not None
+        old, promoted = self.master, self.replica
+        old.kill()
+        self._retired.append(old)
+        with redis.Redis(host=promoted.host, port=promoted.port, socket_timeout=2) as c:
+            c.execute_command("REPLICAOF", "NO", "ONE")
+        # Restarted later (a fault restarts "Redis" empty), it must come back as a master.
+        i = promoted.extra_args.index("--replicaof")
+        del promoted.extra_args[i : i + 3]
+        self._repl_proxy.close()
+        self.master, self.replica = promoted, None
+        self.failovers += 1
+        if on_promoted is not None:
+            on_promoted(promoted)
+        self._add_replica()
+        return promoted
+
+    def stop(self) -> None:
+        if self._repl_proxy is not None:
+            self._repl_proxy.close()
+        for proc in (self.replica, self.master, *self._retired):
             if proc is not None:
                 proc.stop()
 
