@@ -40,3 +40,21 @@ docs-config: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+.PHONY: verify
+## The protocol model (tests/model): every spin check (under 5 minutes on 2 cores), then its pytest tests.
+## Needs spin and a C compiler: installed with apt-get when run as root, else the command to run is printed.
+verify: $(STAMP)
+	@missing=""; command -v spin >/dev/null 2>&1 || missing=" spin"; \
+	command -v gcc >/dev/null 2>&1 || command -v cc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing$$missing (apt-get)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing >/dev/null 2>&1 || \
+	    { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; } || exit 1; \
+	  else \
+	    echo "make verify needs$$missing: run  sudo apt-get install -y$$missing  then make verify again" >&2; exit 1; \
+	  fi; \
+	fi
+	$(PY) -m tests.model.verify
+	$(PY) -m pytest -q -m model -p no:cacheprovider tests/model

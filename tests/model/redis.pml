@@ -5,7 +5,7 @@
  * and why.
  */
 
-/* ---- helpers used inside scripts (hidden: not part of the state) ---- */
+/* ---- helpers used inside scripts ---- */
 
 /* A script wrote to the primary: the replica is behind, and WAIT on the
  * writing connection now needs a sync. A command on a dead connection (an
@@ -24,7 +24,7 @@ inline fence_check() {
   hfence = (lk_aid[prim] != 0 && lk_tok[prim] == ht && (!FIX_IDFENCE || lk_aid[prim] == ha));
 #if P_FENCE
   if
-  :: hfence -> assert(lk_aid[prim] == ha && lk_tok[prim] == ht) /* P_fence */
+  :: hfence -> PROP(violates_P_fence, lk_aid[prim] == ha && lk_tok[prim] == ht) /* P_fence */
   :: else -> skip
   fi
 #endif
@@ -37,7 +37,7 @@ inline mint_check() {
 #if P_TOKENS
   if
   :: rsdone && RTIME <= premax -> exmint = 1
-  :: else -> assert(htok > maxacc) /* P_tokens: mint order */
+  :: else -> PROP(violates_P_tokens, htok > maxacc) /* P_tokens: mint order */
   fi;
   if
   :: htok > maxmint -> maxmint = htok
@@ -50,8 +50,8 @@ inline mint_check() {
 /* A claim of slot hx by lease (ha, ht) of replica hown took effect. */
 inline claim_ghost() {
   if
-  :: hown < NR && el[hown] == E_LEAD && taid[hown] == ha && ttok[hown] == ht -> pend[hx] = hown + 1
-  :: else -> acc[hx] = 1 /* its term is already over: claimed-then-interrupted */
+  :: hown < NR && el[hown] == E_LEAD && taid[hown] == ha && ttok[hown] == ht -> SETPEND(hx, hown + 1)
+  :: else -> SETACC(hx) /* its term is already over: claimed-then-interrupted */
   fi
 }
 
@@ -67,7 +67,7 @@ inline run_script() {
         :: !MUT_G -> lk_exp[prim] = now + TTL; WRITE()
         :: else -> skip
         fi;
-        hres = R_OK; hrt = lk_tok[prim]
+        hres = R_OK; hrt = lk_tok[prim]; PROBE(1)
      :: lk_aid[prim] != 0 && !(FIX_ACQ_SELF && lk_aid[prim] == ha) ->
         hres = R_HELD; hra = lk_aid[prim]; hrt = lk_tok[prim]
      :: lk_aid[prim] == 0 ->
@@ -76,7 +76,7 @@ inline run_script() {
         :: !NO_TIMEFLOOR && RTIME > htok -> htok = RTIME
         :: else -> skip
         fi;
-        assert(htok < 31);
+        PROP(violates_MODEL, htok < 31); /* MODEL: token bound */
         mint_check();
         tk[prim] = htok; lk_aid[prim] = ha; lk_tok[prim] = htok; lk_exp[prim] = now + TTL;
         WRITE();
@@ -92,6 +92,7 @@ inline run_script() {
      if
      :: lk_aid[prim] != 0 && lk_aid[prim] == ha && lk_tok[prim] == ht ->
         lk_aid[prim] = 0; lk_tok[prim] = 0; lk_exp[prim] = 0; WRITE(); hres = R_OK;
+        printf("MSC: t=%d lease %d (token %d) released\n", now, ha, ht);
         WAKE()
      :: else -> hres = R_NO
      fi
@@ -99,31 +100,29 @@ inline run_script() {
      fence_check();
      if
      :: !hfence -> hres = R_FENCED
-     :: hfence && FIX_FUTURE && STIME(hx) > RTIME + FB -> hres = R_FUTURE
-     :: hfence && !(FIX_FUTURE && STIME(hx) > RTIME + FB) ->
+     :: hfence && !NO_MARK && jl[prim] >= hx && FIX_CLAIM_IDEM && jl[prim] == hx && jfa[prim] == ha && jft[prim] == ht ->
+        WRITE(); hres = R_OK; PROBE(3)                 /* fixed: this very claim again: re-write, ok */
+     :: hfence && !NO_MARK && jl[prim] >= hx && !(FIX_CLAIM_IDEM && jl[prim] == hx && jfa[prim] == ha && jft[prim] == ht) ->
+        hres = R_CLAIMED
+     :: hfence && (NO_MARK || jl[prim] < hx) && FIX_FUTURE && STIME(hx) > RTIME + FB -> hres = R_FUTURE
+     :: hfence && (NO_MARK || jl[prim] < hx) && !(FIX_FUTURE && STIME(hx) > RTIME + FB) ->
         if
-        :: !NO_MARK && jl[prim] >= hx && FIX_CLAIM_IDEM && jl[prim] == hx && jfa[prim] == ha && jft[prim] == ht ->
-           WRITE(); hres = R_OK                        /* fixed: our own claim again: re-write, ok */
-        :: !NO_MARK && jl[prim] >= hx && !(FIX_CLAIM_IDEM && jl[prim] == hx && jfa[prim] == ha && jft[prim] == ht) ->
-           hres = R_CLAIMED
-        :: NO_MARK || jl[prim] < hx ->
-           if
-           :: !NO_MARK -> jl[prim] = hx
-           :: else -> skip
-           fi;
-           if
-           :: FIX_CLAIM_IDEM -> jfa[prim] = ha; jft[prim] = ht
-           :: else -> skip
-           fi;
-           WRITE(); hres = R_OK;
-           claim_ghost()
-        fi
+        :: !NO_MARK -> jl[prim] = hx
+        :: else -> skip
+        fi;
+        if
+        :: FIX_CLAIM_IDEM -> jfa[prim] = ha; jft[prim] = ht
+        :: else -> skip
+        fi;
+        WRITE(); hres = R_OK;
+        printf("MSC: t=%d slot %d claimed under token %d (lease %d)\n", now, hx, ht, ha);
+        claim_ghost()
      fi
   :: hk == K_FW ->                                    /* FENCED_SET_LUA and every other fenced write */
      fence_check();
      if
-     :: hfence -> WRITE(); hres = R_OK
-     :: else -> hres = R_FENCED
+     :: hfence -> WRITE(); hres = R_OK; printf("MSC: t=%d fenced write under token %d (lease %d) lands\n", now, ht, ha)
+     :: else -> hres = R_FENCED; PROBE(7)
      fi
   :: hk == K_MRQ ->                                   /* manual request: enqueue (idempotent per request id) */
      if
@@ -144,18 +143,19 @@ inline run_script() {
      :: hfence && mr[prim] == M_CLAIMED && mra[prim] == ha && mrt[prim] == ht -> WRITE(); hres = R_OK
      :: else -> hres = R_GONE
      fi
-  :: else -> assert(false)
+  :: else -> PROP(violates_MODEL, false) /* MODEL */
   fi
 }
 
 /* Redis executes the live copy of the request queued on channel ch. When
  * WAIT follows the command (same connection, one pipeline), its outcome is
- * settled here: either the replica applies everything up to this command
- * now and WAIT returns 1 (first alternative), or WAIT times out
- * (second; at most once per replica per tick). A WAIT after a command
- * that wrote nothing counts the connection's earlier writes only: on a
- * fresh connection it returns at once (ack[ch] = 1). */
+ * settled here: the replica applies everything up to this command and WAIT
+ * returns 1 (first alternative); or, a fault, the replica is slow and WAIT
+ * times out with 0 (second). WAIT counts only the writes made on its own
+ * connection: after a command that wrote nothing, on a fresh connection, it
+ * returns 1 at once whatever the replica has (ack[ch] = 1). */
 inline exec_begin(ch, own) {
+  stuck[ch] = 0;
   hk = ck[ch]; ha = ca[ch]; ht = ct[ch]; hx = cx[ch]; hch = ch; hown = own; hlive = 1;
   run_script();
   rr[ch] = hres; ra[ch] = hra; rt[ch] = hrt; cs[ch] = S_RDY; rw[ch] = 1
@@ -163,49 +163,53 @@ inline exec_begin(ch, own) {
 inline exec_live(ch, own) {
   if
   :: d_step {
-       cs[ch] == S_Q && (!HASWAIT(ck[ch]) || !lag) ->
-       stuck[ch] = 0;
+       cs[ch] == S_Q ->
        exec_begin(ch, own);
        if
-       :: HASWAIT(hk) && !ack[ch] -> copy_node(1 - prim, prim); dirty = 0;
+       :: HASWAIT(hk) && !ack[ch] ->
+          copy_node(1 - prim, prim); dirty = 0;
           for (hi : 0 .. NCHT - 1) { ack[hi] = 1 }
        :: else -> skip
        fi;
        INV
      }
   :: d_step {
-       cs[ch] == S_Q && HASWAIT(ck[ch]) && WAIT_MAY_FAIL(own) ->
-       stuck[ch] = 0;
+       cs[ch] == S_Q && HASWAIT(ck[ch]) && FAULTS_OPEN && nWT < MAXWT ->
        exec_begin(ch, own);
        if
-       :: !ack[ch] -> rw[ch] = 0; WTO(own)          /* WAIT returned 0 */
-       :: else -> skip                              /* nothing unacknowledged on this connection: 1 at once */
+       :: !ack[ch] -> nWT++; rw[ch] = 0; printf("MSC: t=%d WAIT times out (ch %d)\n", now, ch)
+       :: else -> skip
        fi;
        INV
      }
   fi
 }
 
-/* Redis executes a command left queued on a connection the client gave up on. */
+/* Redis executes a command left queued on a connection the client gave up
+ * on, before or after its re-send (in the same tick: a command on a dead
+ * connection is read promptly or never); or never. */
 inline exec_orphan(o) {
-  d_step {
-    ok[o] != 0 ->
-    hk = ok[o]; ha = oa[o]; ht = ot[o]; hx = ox[o]; hown = oown[o]; hlive = 0; hch = 0;
-    run_script();
-    ok[o] = 0; oa[o] = 0; ot[o] = 0; ox[o] = 0; oown[o] = 0;
-    INV
-  }
+  if
+  :: d_step {
+       ok[o] != 0 ->
+       hk = ok[o]; ha = oa[o]; ht = ot[o]; hx = ox[o]; hown = oown[o]; hlive = 0; hch = 0;
+       run_script();
+       ok[o] = 0; oa[o] = 0; ot[o] = 0; ox[o] = 0; oown[o] = 0;
+       INV
+     }
+  :: d_step { ok[o] != 0 -> ok[o] = 0; oa[o] = 0; ot[o] = 0; ox[o] = 0; oown[o] = 0; INV }
+  fi
 }
 
 inline copy_node(d, s) {
   lk_aid[d] = lk_aid[s]; lk_tok[d] = lk_tok[s]; lk_exp[d] = lk_exp[s]; tk[d] = tk[s];
-  jl[d] = jl[s]; jfa[d] = jfa[s]; jft[d] = jft[s];
+  jl[d] = jl[s]; jfa[d] = jfa[s]; jft[d] = jft[s]; jn[d] = jn[s];
   mr[d] = mr[s]; mra[d] = mra[s]; mrt[d] = mrt[s]
 }
 
 inline wipe_node(d) {
   lk_aid[d] = 0; lk_tok[d] = 0; lk_exp[d] = 0; tk[d] = 0;
-  jl[d] = 0; jfa[d] = 0; jft[d] = 0;
+  jl[d] = 0; jfa[d] = 0; jft[d] = 0; jn[d] = 0;
   mr[d] = M_NONE; mra[d] = 0; mrt[d] = 0
 }
 
@@ -214,7 +218,7 @@ inline wipe_node(d) {
  * asks "has everything written on my connection reached the replica". */
 inline replicate() {
   d_step {
-    dirty && !lag ->
+    QUIET && dirty ->
     copy_node(1 - prim, prim);
     dirty = 0;
     for (hi : 0 .. NCHT - 1) { ack[hi] = 1 };
@@ -235,7 +239,7 @@ inline reconnect_all() {
  * replica, and must sync. step: Redis TIME steps back on the new primary. */
 inline failover(step) {
   d_step {
-    FAULTS_OPEN && nFO < MAXFO && (!step || nTS < MAXTS) ->
+    QUIET && FAULTS_OPEN && nFO < MAXFO && (!step || nTS < MAXTS) ->
     nFO++;
     if
     :: step -> nTS++; toff = TSTEP
@@ -244,14 +248,14 @@ inline failover(step) {
     /* ghost: slots whose claim this failover loses (P_once_history) */
     hs = jl[1 - prim] + 1;
     do
-    :: hs <= jl[prim] -> lostc = lostc | (1 << hs); hs++
+    :: hs <= jl[prim] -> if :: G_LOST -> lostc = lostc | (1 << hs) :: else -> skip fi; hs++
     :: else -> break
     od;
     if
-    :: mr[1 - prim] != mr[prim] -> mlost = 1
+    :: G_LOST && mr[1 - prim] != mr[prim] -> mlost = 1
     :: else -> skip
     fi;
-    printf("MSC: FAILOVER (lossy=%d)\n", dirty);
+    printf("MSC: t=%d FAILOVER (lossy=%d)\n", now, dirty);
     prim = 1 - prim;
     wipe_node(1 - prim);
     dirty = 1;
@@ -263,7 +267,7 @@ inline failover(step) {
 /* Empty restart: every key is gone (no persistence); TIME goes on, or steps back. */
 inline empty_restart(step) {
   d_step {
-    FAULTS_OPEN && nRS < MAXRS && (!step || nTS < MAXTS) ->
+    QUIET && FAULTS_OPEN && nRS < MAXRS && (!step || nTS < MAXTS) ->
     nRS++;
     if
     :: step -> nTS++; toff = TSTEP
@@ -271,17 +275,17 @@ inline empty_restart(step) {
     fi;
     hs = 1;
     do
-    :: hs <= jl[prim] -> lostc = lostc | (1 << hs); hs++
+    :: hs <= jl[prim] -> if :: G_LOST -> lostc = lostc | (1 << hs) :: else -> skip fi; hs++
     :: else -> break
     od;
     if
-    :: mr[prim] != M_NONE -> mlost = 1
+    :: G_LOST && mr[prim] != M_NONE -> mlost = 1
     :: else -> skip
     fi;
 #if P_TOKENS
     premax = maxmint; rsdone = 1;
 #endif
-    printf("MSC: EMPTY RESTART\n");
+    printf("MSC: t=%d EMPTY RESTART\n", now);
     wipe_node(0); wipe_node(1);
     dirty = 0;
     reconnect_all();
@@ -299,7 +303,7 @@ inline lose_reply(ch, own) {
        ok[nLR] = ck[ch]; oa[nLR] = ca[ch]; ot[nLR] = ct[ch]; ox[nLR] = cx[ch]; oown[nLR] = own;
        nLR++; stuck[ch] = 0;
        ack[ch] = 1;                                   /* re-sent on a new connection */
-       printf("MSC: reply lost, re-sent (ch %d)\n", ch)
+       printf("MSC: t=%d reply lost, re-sent (ch %d)\n", now, ch); INV
      }
   :: d_step {
        FAULTS_OPEN && nLR < MAXLR && cs[ch] == S_Q ->
@@ -307,7 +311,7 @@ inline lose_reply(ch, own) {
        nLR++; stuck[ch] = 0;
        ack[ch] = 1;
        cs[ch] = S_ERR; rr[ch] = R_ERR; ra[ch] = 0; rt[ch] = 0;
-       printf("MSC: reply lost, error (ch %d)\n", ch)
+       printf("MSC: t=%d reply lost, error (ch %d)\n", now, ch); INV
      }
   fi
 }
@@ -336,8 +340,6 @@ inline stick(ch) {
 
 inline redis_faults() {
   if
-  :: d_step { FAULTS_OPEN && nRL < MAXRL && !lag -> nRL++; lag = 1; printf("MSC: the Redis replica stops applying\n"); INV }
-  :: d_step { lag -> lag = 0; INV }
   :: stick(0)
   :: stick(1)
   :: stick(2)
